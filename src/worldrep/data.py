@@ -228,9 +228,10 @@ def make_dataset(world: World | str | Path, spec: DatasetSpec, out: str | Path) 
     if not isinstance(world, World):
         world = load_world(world)
     splits, meta = build_rows(world, spec)
-    full_spec = {"dataset": spec.model_dump(mode="json"), "world": str(world.path),
+    world_path = str(Path(world.path).resolve()) if world.path else None
+    full_spec = {"dataset": spec.model_dump(mode="json"), "world": world_path,
                  "world_hash": world.hash}
-    meta.update({"world": str(world.path), "world_hash": world.hash, "seed": spec.seed})
+    meta.update({"world": world_path, "world_hash": world.hash, "seed": spec.seed})
     return write_dataset(out, splits, full_spec, meta)
 
 
