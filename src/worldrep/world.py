@@ -101,12 +101,13 @@ def _synthetic_cities(region: SyntheticRegion, seed: int) -> pd.DataFrame:
 def build_world(config: WorldConfig | None = None) -> pd.DataFrame:
     """The city table for a config; the same config gives the same table in any process."""
     config = config or WorldConfig()
-    parts = [_real_cities(config.min_population)]
-    parts += [_synthetic_cities(r, config.seed) for r in config.synthetic]
+    real = _real_cities(config.min_population)
+    if len(real) == 0:
+        raise WorldrepError(f"no city has population >= {config.min_population}; "
+                            f"allowed: min_population <= 24,000,000 (the largest city)")
+    parts = [real] + [_synthetic_cities(r, config.seed) for r in config.synthetic]
     df = pd.concat(parts, ignore_index=True)
     n = len(df)
-    if n == 0:
-        raise WorldrepError(f"no city has population >= {config.min_population}")
     if config.max_id < n:
         raise WorldrepError(f"max_id {config.max_id} is smaller than the number of cities ({n}); "
                             f"allowed: max_id >= {n} and <= 10000")
