@@ -1,0 +1,202 @@
+"""Grids and templates: one declaration in a study file becomes many steps.
+
+A declaration's `grid` binds variables to lists of values (a literal list, the name of a list
+in the study's `lists`, or a generator such as `{pairs: tasks}`); `where` keeps only some
+bindings (`x != y`); every string of the declaration is then rendered with `{x}`, `{x.name}`,
+`{x.number}`, `{c[0]}` placeholders. A string that is exactly one placeholder becomes the value
+itself (an int stays an int, a combination becomes a list).
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import WorldrepError
+
+PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)((?:\[\d+\]|\.[A-Za-z_]\w*)*)\}")
+ACCESSOR = re.compile(r"\[(\d+)\]|\.([A-Za-z_]\w*)")
+GENERATORS = ("pairs", "triples", "combinations", "permutations", "range")
+
+
+class GridValue:
+    """One value of a grid variable: a task (by number or name), a setting, or a combination."""
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+
+    def text(self) -> str:
+        if isinstance(self.raw, tuple):
+            parts = [str(v) for v in self.raw]
+            # `pt2-{c}` reads as pt2-12 for task numbers, pt2-distance-angle for names.
+            return ("" if all(len(p) == 1 for p in parts) else "-").join(parts)
+        return str(self.raw)
+
+    def native(self) -> Any:
+        return list(self.raw) if isinstance(self.raw, tuple) else self.raw
+
+    def item(self, index: int) -> GridValue:
+        if not isinstance(self.raw, tuple):
+            raise WorldrepError(f"[{index}] used on {self.raw!r}, which is not a combination")
+        if index >= len(self.raw):
+            raise WorldrepError(f"[{index}] is out of range for {self.raw!r}")
+        return GridValue(self.raw[index])
+
+    def attribute(self, attr: str) -> GridValue:
+        if attr == "name":
+            return GridValue(task_name(self.raw))
+        if attr == "number":
+            return GridValue(task_number(self.raw))
+        if attr == "names" and isinstance(self.raw, tuple):
+            return GridValue(tuple(task_name(v) for v in self.raw))
+        raise WorldrepError(f"unknown attribute '.{attr}' of {self.raw!r}; allowed: .name, "
+                            ".number (tasks), .names (combinations of tasks)")
+
+
+def task_name(value: Any) -> str:
+    """A task given by number (1..7, as int or digit string) or name -> its registered name."""
+    from .tasks.registry import TASKS, get_task
+
+    if isinstance(value, tuple):
+        raise WorldrepError(f"{value!r} is a combination, not a task")
+    text = str(value)
+    if text.isdigit():
+        get_task("distance")  # loads the registry
+        by_number = {t.number: t.name for t in TASKS.values() if t.number}
+        if int(text) not in by_number:
+            raise WorldrepError(f"no task numbered {text}; allowed: "
+                                + ", ".join(f"{k} ({v})" for k, v in sorted(by_number.items())))
+        return by_number[int(text)]
+    return get_task(text).name
+
+
+def task_number(value: Any) -> int:
+    from .tasks.registry import get_task
+
+    task = get_task(task_name(value))
+    if not task.number:
+        raise WorldrepError(f"task '{task.name}' has no paper number")
+    return task.number
+
+
+# -- rendering ------------------------------------------------------------------------------
+def _lookup(name: str, accessors: str, bindings: dict[str, GridValue]) -> GridValue:
+    if name not in bindings:
+        known = ", ".join(bindings) or "none"
+        raise WorldrepError(f"unknown template variable '{{{name}}}' (grid variables: {known})")
+    value = bindings[name]
+    for index, attr in ACCESSOR.findall(accessors):
+        value = value.item(int(index)) if index else value.attribute(attr)
+    return value
+
+
+def render(obj: Any, bindings: dict[str, GridValue], lists: dict[str, list] | None = None) -> Any:
+    """Substitute placeholders in every string of a nested structure; expand `for` items."""
+    if isinstance(obj, str):
+        whole = PLACEHOLDER.fullmatch(obj)
+        if whole:
+            return _lookup(whole.group(1), whole.group(2), bindings).native()
+        return PLACEHOLDER.sub(lambda m: _lookup(m.group(1), m.group(2), bindings).text(), obj)
+    if isinstance(obj, dict):
+        return {render(k, bindings, lists): render(v, bindings, lists) for k, v in obj.items()}
+    if isinstance(obj, list):
+        out: list = []
+        for item in obj:
+            if isinstance(item, dict) and "for" in item:
+                out.extend(_render_for(item, bindings, lists or {}))
+            else:
+                out.append(render(item, bindings, lists))
+        return out
+    return obj
+
+
+def _render_for(item: dict, bindings: dict[str, GridValue], lists: dict[str, list]) -> list:
+    """A list element `{for: {t: tasks}, where: ..., item: X}` becomes one X per binding."""
+    extra = set(item) - {"for", "where", "item"}
+    if extra or "item" not in item:
+        raise WorldrepError("a 'for' list element takes the keys for, where, item; got "
+                            + ", ".join(sorted(item)))
+    grid = render(item["for"], bindings, lists)
+    return [render(item["item"], {**bindings, **inner}, lists)
+            for inner in expand(grid, item.get("where"), lists)]
+
+
+# -- grids ------------------------------------------------------------------------------------
+def _values(var: str, spec: Any, lists: dict[str, list]) -> list:
+    if isinstance(spec, str):
+        if spec not in lists:
+            raise WorldrepError(f"grid '{var}': no list named '{spec}' (lists: "
+                                f"{', '.join(lists) or 'none'}); give a list or a list name")
+        return list(lists[spec])
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, dict):
+        return _generated(var, spec, lists)
+    return [spec]
+
+
+def _generated(var: str, spec: dict, lists: dict[str, list]) -> list:
+    kinds = [k for k in spec if k in GENERATORS]
+    extra = set(spec) - set(GENERATORS) - {"k"}
+    if len(kinds) != 1 or extra:
+        raise WorldrepError(f"grid '{var}': a generator is one of {', '.join(GENERATORS)} "
+                            f"(with k for combinations/permutations); got {sorted(spec)}")
+    kind = kinds[0]
+    if kind == "range":
+        bounds = spec[kind]
+        if not (isinstance(bounds, list) and len(bounds) in (2, 3)):
+            raise WorldrepError(f"grid '{var}': range takes [start, stop] or [start, stop, step]")
+        return list(range(*bounds))
+    base = _values(var, spec[kind], lists)
+    k = {"pairs": 2, "triples": 3}.get(kind, spec.get("k"))
+    if not isinstance(k, int) or k < 1:
+        raise WorldrepError(f"grid '{var}': {kind} needs an integer k >= 1")
+    make = itertools.permutations if kind == "permutations" else itertools.combinations
+    return [tuple(c) for c in make(base, k)]
+
+
+def expand(grid: dict | None, where: Any, lists: dict[str, list]) -> Iterator[dict[str, GridValue]]:
+    """Every binding of the grid's variables (product, in declared order) that passes `where`."""
+    if not grid:
+        yield {}
+        return
+    if not isinstance(grid, dict):
+        raise WorldrepError("grid must map variable names to values, e.g. {x: [1, 2, 3]}")
+    names = list(grid)
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z_]\w*", str(name)):
+            raise WorldrepError(f"grid variable '{name}' must be an identifier")
+    conditions = [where] if isinstance(where, str) else list(where or [])
+    checks = [_compile_condition(c, names) for c in conditions]
+    for combo in itertools.product(*(_values(n, grid[n], lists) for n in names)):
+        raw = {n: (tuple(v) if isinstance(v, list) else v) for n, v in zip(names, combo, strict=True)}
+        if all(check(raw) for check in checks):
+            yield {n: GridValue(v) for n, v in raw.items()}
+
+
+# -- where conditions: a tiny safe expression language --------------------------------------
+_ALLOWED = (ast.Expression, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.Name, ast.Constant,
+            ast.Load, ast.And, ast.Or, ast.Not, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt,
+            ast.GtE, ast.In, ast.NotIn, ast.Subscript, ast.Tuple, ast.List, ast.BinOp,
+            ast.Mod, ast.Add, ast.Sub)
+
+
+def _compile_condition(text: Any, names: list[str]):
+    if not isinstance(text, str):
+        raise WorldrepError(f"where: expected an expression such as 'x != y', got {text!r}")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise WorldrepError(f"where: cannot parse '{text}'") from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED):
+            raise WorldrepError(f"where: '{text}' uses {type(node).__name__}; allowed: "
+                                "comparisons, and/or/not, in, +, -, %, [index]")
+        if isinstance(node, ast.Name) and node.id not in names:
+            raise WorldrepError(f"where: '{text}' names '{node.id}', which is not a grid "
+                                f"variable ({', '.join(names)})")
+    code = compile(tree, "<where>", "eval")
+    return lambda raw: bool(eval(code, {"__builtins__": {}}, dict(raw)))  # noqa: S307

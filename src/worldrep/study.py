@@ -1,0 +1,300 @@
+"""Study files: one declarative YAML file expanded into a graph of steps.
+
+A study declares its world, datasets, mixtures, runs, evaluations and analyses, each by name.
+A declaration may carry a `grid` (see worldrep.grid): `pt1-{x}` over seven tasks is one
+declaration, seven steps. Every step gets a resolved spec (validated by its kind's pydantic
+model, so a bad file fails here with the file, the step and the key), the steps it reads
+(`init_from: pt1-{x}`, checked to exist and be of the right kind), and a hash of its spec and
+its inputs' hashes. Its artifact directory is `OUT/<kind>/<name>-<hash>`: change one setting
+and only that step and what depends on it get new directories.
+
+Top-level keys of a study file:
+  name, description, seed, out, plugins (modules registering extra step kinds),
+  lists (named value lists for grids), templates (named bodies a declaration can `use`),
+  defaults (per step kind), resources (per step kind, for the slurm executor),
+  world (one world, named 'world') or worlds, datasets, mixtures, runs, evals, analyses,
+  steps (any kind, given by `kind:`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from . import artifacts
+from .config import Strict, load_yaml, parse_config
+from .errors import WorldrepError
+from .grid import expand, render
+from .steps import get_kind
+
+SECTIONS = {"worlds": "world", "datasets": "dataset", "mixtures": "mixture", "runs": "train",
+            "evals": "eval", "analyses": None, "steps": None}
+RESERVED = ("name", "grid", "where", "use", "kind")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "studies"
+
+
+class Resources(Strict):
+    """What a step of one kind asks of a Slurm cluster."""
+
+    partition: str | None = None
+    time_min: int = pydantic.Field(60, ge=1)
+    gpus: int = pydantic.Field(0, ge=0)
+    cpus: int = pydantic.Field(1, ge=1)
+    mem_gb: float = pydantic.Field(8, gt=0)
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = pydantic.Field(default_factory=list)  # shell lines before the job
+
+
+class StudyFile(Strict):
+    name: str | None = None
+    description: str = ""
+    seed: int | None = None
+    out: str | None = None
+    plugins: list[str] = pydantic.Field(default_factory=list)
+    lists: dict[str, list] = pydantic.Field(default_factory=dict)
+    templates: dict[str, dict] = pydantic.Field(default_factory=dict)
+    defaults: dict[str, dict] = pydantic.Field(default_factory=dict)
+    resources: dict[str, Resources] = pydantic.Field(default_factory=dict)
+    world: dict | None = None
+    worlds: list[dict] = pydantic.Field(default_factory=list)
+    datasets: list[dict] = pydantic.Field(default_factory=list)
+    mixtures: list[dict] = pydantic.Field(default_factory=list)
+    runs: list[dict] = pydantic.Field(default_factory=list)
+    evals: list[dict] = pydantic.Field(default_factory=list)
+    analyses: list[dict] = pydantic.Field(default_factory=list)
+    steps: list[dict] = pydantic.Field(default_factory=list)
+
+
+@dataclass
+class Step:
+    name: str
+    kind: str
+    spec: dict
+    origin: str  # where it was declared, e.g. "runs[3] 'pft{x}-{y}' (x=1, y=2)"
+    group: str  # the declaration's name template: steps of one grid share it
+    deps: list[str] = field(default_factory=list)
+    hash: str = ""
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.name}-{self.hash}"
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    scale: float
+    steps: dict[str, Step]  # in dependency order
+    resources: dict[str, Resources]
+    plugins: list[str]
+    description: str = ""
+    out: str | None = None
+
+    def default_out(self) -> Path:
+        base = Path(self.out) if self.out else Path("out") / self.name
+        return base if self.scale == 1 else base.with_name(f"{base.name}-scale{self.scale:g}")
+
+    def step_dir(self, out: Path, step: Step | str) -> Path:
+        step = self.steps[step] if isinstance(step, str) else step
+        return Path(out) / step.kind / step.dirname
+
+    def dependents(self, name: str) -> list[str]:
+        """Every step that reads `name`, directly or not, in dependency order."""
+        hit = {name}
+        for step in self.steps.values():
+            if any(d in hit for d in step.deps):
+                hit.add(step.name)
+        return [s for s in self.steps if s in hit and s != name]
+
+
+# -- loading --------------------------------------------------------------------------------
+def resolve_study_path(study: str | Path) -> Path:
+    """A path, or the name of a built-in study (quickstart, paper)."""
+    path = Path(study)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_DIR / f"{study}.yaml"
+    if builtin.is_file():
+        return builtin
+    known = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+    raise WorldrepError(f"study file not found: {study} (built-in studies: {', '.join(known)})")
+
+
+def load_study(path: str | Path, scale: float = 1.0) -> Study:
+    path = resolve_study_path(path)
+    if not scale >= 1:
+        raise WorldrepError(f"--scale must be >= 1 (it divides sizes and steps), got {scale}")
+    sf = parse_config(StudyFile, load_yaml(path), where=str(path))
+    import_plugins(sf.plugins)
+    builder = _Builder(path, sf, scale)
+    if sf.world is not None:
+        builder.declare("worlds", "world", {"name": "world", **sf.world})
+    for section in SECTIONS:
+        for i, decl in enumerate(getattr(sf, section)):
+            builder.declare(section, f"{section}[{i}]", decl)
+    steps = builder.link()
+    return Study(name=sf.name or path.stem, path=path, scale=scale, steps=steps,
+                 resources=sf.resources, plugins=sf.plugins, description=sf.description,
+                 out=sf.out)
+
+
+def import_plugins(modules: list[str]) -> None:
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise WorldrepError(f"plugin module '{module}' cannot be imported: {err}") from None
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class _Builder:
+    def __init__(self, path: Path, sf: StudyFile, scale: float):
+        self.path, self.sf, self.scale = path, sf, scale
+        self.steps: dict[str, Step] = {}
+
+    def fail(self, where: str, msg: str) -> WorldrepError:
+        return WorldrepError(f"{self.path}: {where}: {msg}")
+
+    def declare(self, section: str, label: str, decl: Any) -> None:
+        """Expand one declaration (`label` says where it is, e.g. runs[3]) into its steps."""
+        if not isinstance(decl, dict) or "name" not in decl:
+            raise self.fail(label, "each step needs a 'name' (a template such as 'pt1-{x}')")
+        kind = decl.get("kind") or SECTIONS[section]
+        if kind is None:
+            raise self.fail(f"{label} '{decl['name']}'", f"'{section}' entries need a 'kind'")
+        label = f"{label} '{decl['name']}'"
+        try:
+            body = self.templated_body(decl)
+            bindings_list = list(expand(decl.get("grid"), decl.get("where"), self.sf.lists))
+        except WorldrepError as err:
+            raise self.fail(label, str(err)) from None
+        if not bindings_list:
+            raise self.fail(label, "the grid and its 'where' conditions leave no step")
+        for bindings in bindings_list:
+            shown = ", ".join(f"{k}={v.text()}" for k, v in bindings.items())
+            origin = f"{label}" + (f" ({shown})" if shown else "")
+            try:
+                name = render(decl["name"], bindings)
+                rendered = render(body, bindings, self.sf.lists)
+            except WorldrepError as err:
+                raise self.fail(origin, str(err)) from None
+            self.add(kind, str(name), rendered, origin, group=str(decl["name"]))
+
+    def templated_body(self, decl: dict) -> dict:
+        uses = decl.get("use") or []
+        uses = [uses] if isinstance(uses, str) else uses
+        body: dict = {}
+        for use in uses:
+            if use not in self.sf.templates:
+                raise WorldrepError(f"'use': no template named '{use}' (templates: "
+                                    f"{', '.join(self.sf.templates) or 'none'})")
+            body = deep_merge(body, self.sf.templates[use])
+        return deep_merge(body, {k: v for k, v in decl.items() if k not in RESERVED})
+
+    def add(self, kind_name: str, name: str, body: dict, origin: str, group: str) -> None:
+        where = f"step '{name}' ({origin})"
+        if not NAME.fullmatch(name):
+            raise self.fail(where, "a step name is letters, digits and _ . + = - "
+                            "(starting with a letter or digit)")
+        if name in self.steps:
+            raise self.fail(where, f"the name '{name}' is already taken by the step declared "
+                            f"at {self.steps[name].origin}")
+        try:
+            kind = get_kind(kind_name)
+            body = deep_merge(self.sf.defaults.get(kind_name, {}), body)
+            if self.sf.seed is not None and "seed" not in body and "seed" in _fields(kind):
+                body["seed"] = self.sf.seed
+            spec = kind.validate(body, where=f"{self.path}: {where}")
+            spec, derived = kind.derive(name, spec)
+            spec = kind.scale(spec, self.scale) if self.scale != 1 else spec
+        except WorldrepError as err:
+            msg = str(err)
+            raise (WorldrepError(msg) if msg.startswith(str(self.path)) else
+                   self.fail(where, msg)) from None
+        self.steps[name] = Step(name=name, kind=kind_name, spec=spec, origin=origin, group=group)
+        for d in derived:
+            self.add(d.kind, d.name, d.body, f"{origin}, from '{name}'", group=f"{group}:{d.kind}")
+
+    def link(self) -> dict[str, Step]:
+        for step in self.steps.values():
+            for ref in get_kind(step.kind).refs(step.spec):
+                self.check_ref(step, ref)
+                if ref.name not in step.deps:
+                    step.deps.append(ref.name)
+        ordered = self.topological()
+        for step in ordered:
+            inputs = {d: self.steps[d].hash for d in step.deps}
+            step.hash = artifacts.spec_hash({"kind": step.kind, "spec": step.spec,
+                                             "inputs": inputs})
+        return {s.name: s for s in ordered}
+
+    def check_ref(self, step: Step, ref) -> None:
+        where = f"step '{step.name}' ({step.origin})"
+        target = self.steps.get(ref.name)
+        if target is None:
+            candidates = [s.name for s in self.steps.values() if s.kind in ref.kinds]
+            close = difflib.get_close_matches(ref.name, candidates, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise self.fail(where, f"'{ref.key}': no {' or '.join(ref.kinds)} step named "
+                            f"'{ref.name}'{hint}")
+        if target.kind not in ref.kinds:
+            raise self.fail(where, f"'{ref.key}': '{ref.name}' is a {target.kind} step; "
+                            f"expected a {' or '.join(ref.kinds)} step")
+
+    def topological(self) -> list[Step]:
+        """Dependency order, keeping declaration order among steps that are free to run."""
+        done: set[str] = set()
+        order: list[Step] = []
+        remaining = list(self.steps.values())
+        while remaining:
+            ready = [s for s in remaining if all(d in done for d in s.deps)]
+            if not ready:
+                cycle = ", ".join(s.name for s in remaining[:6])
+                raise self.fail("steps", f"circular references among: {cycle}")
+            for s in ready:
+                done.add(s.name)
+            order.extend(ready)
+            remaining = [s for s in remaining if s.name not in done]
+        return order
+
+
+def _fields(kind) -> set[str]:
+    spec = kind.Spec
+    return set(getattr(spec, "model_fields", {}))
+
+
+# -- printing -------------------------------------------------------------------------------
+def format_plan(study: Study, states: dict[str, str] | None = None) -> str:
+    """One line per step: kind, name, hash, what it reads (and its state, if given)."""
+    counts: dict[str, int] = {}
+    for s in study.steps.values():
+        counts[s.kind] = counts.get(s.kind, 0) + 1
+    scale = f", scale 1/{study.scale:g}" if study.scale != 1 else ""
+    lines = [f"study {study.name}: {len(study.steps)} steps ("
+             + ", ".join(f"{k} {n}" for k, n in counts.items()) + f"){scale}"]
+    width = max((len(s.name) for s in study.steps.values()), default=4)
+    for s in study.steps.values():
+        state = f"{states[s.name]:<8} " if states else ""
+        reads = f"  <- {', '.join(s.deps)}" if s.deps else ""
+        lines.append(f"  {state}{s.kind:<8} {s.name:<{width}}  {s.hash}{reads}")
+    return "\n".join(lines)
