@@ -107,6 +107,108 @@ def data_mix(
 
 
 # --- study commands ---------------------------------------------------------------------
+def _study_out(study, out: Path | None) -> Path:
+    return Path(out) if out else study.default_out()
+
+
+@app.command("plan")
+@friendly
+def study_plan(
+    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
+    scale: Annotated[float, typer.Option(help="divide every data size and step count by S")] = 1.0,
+):
+    """Print the expanded steps of a study and what each one reads."""
+    from .study import format_plan, load_study
+
+    typer.echo(format_plan(load_study(study, scale)))
+
+
+@app.command("run")
+@friendly
+def study_run(
+    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
+    out: Annotated[Path | None, typer.Option(help="study output directory")] = None,
+    jobs: Annotated[int, typer.Option(help="local worker processes")] = 1,
+    executor: Annotated[str, typer.Option(help="local or slurm")] = "local",
+    scale: Annotated[float, typer.Option(help="divide every data size and step count by S")] = 1.0,
+    step: Annotated[list[str] | None, typer.Option(
+        help="run only this step (and what it needs); repeatable")] = None,
+    resources: Annotated[list[str] | None, typer.Option(
+        help="slurm settings KEY=VALUE or KIND.KEY=VALUE, e.g. train.gpus=1; repeatable")] = None,
+    cluster: Annotated[str | None, typer.Option(
+        help="submitit cluster for --executor slurm: slurm (default), local or debug")] = None,
+):
+    """Run every step of a study that is missing or changed, in dependency order."""
+    from .executors import make_backend, resource_overrides, run_study
+    from .study import load_study
+
+    st = load_study(study, scale)
+    target = _study_out(st, out)
+    res = resource_overrides(st.resources, resources or [])
+    backend = make_backend(executor, st, target, jobs=jobs, resources=res,
+                           cluster=cluster or ("slurm" if executor == "slurm" else None))
+    typer.echo(f"study {st.name}: {len(st.steps)} steps, output in {target}")
+    report = run_study(st, target, backend, log=typer.echo, only=step)
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("status")
+@friendly
+def study_status(
+    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
+    out: Annotated[Path | None, typer.Option(help="study output directory")] = None,
+    scale: Annotated[float, typer.Option(help="the scale the study was run with")] = 1.0,
+):
+    """Show which steps are done, running, failed (with the error) or pending."""
+    from .cache import format_status, study_states
+    from .study import load_study
+
+    st = load_study(study, scale)
+    target = _study_out(st, out)
+    typer.echo(format_status(st, target, study_states(st, target)))
+
+
+@app.command("report")
+@friendly
+def study_report(
+    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
+    out: Annotated[Path | None, typer.Option(help="study output directory")] = None,
+    scale: Annotated[float, typer.Option(help="the scale the study was run with")] = 1.0,
+    html: Annotated[Path | None, typer.Option(help="where to write the page")] = None,
+):
+    """Write one self-contained HTML page with the study's runs, metrics and figures."""
+    from .report import write_report
+    from .study import load_study
+
+    st = load_study(study, scale)
+    path = write_report(st, _study_out(st, out), html)
+    typer.echo(f"report written to {path}")
+
+
+@app.command("quickstart")
+@friendly
+def quickstart(
+    out: Annotated[Path | None, typer.Option(help="output directory")] = None,
+    scale: Annotated[float, typer.Option(help="divide data sizes and steps by S (smoke test)")] = 1.0,
+    jobs: Annotated[int, typer.Option(help="local worker processes")] = 1,
+):
+    """Run the quickstart study end to end (a few minutes on a laptop CPU) and write its report."""
+    from .executors import make_backend, run_study
+    from .report import write_report
+    from .study import load_study
+
+    st = load_study("quickstart", scale)
+    target = _study_out(st, out)
+    typer.echo(f"quickstart: {len(st.steps)} steps, output in {target}")
+    report = run_study(st, target, make_backend("local", st, target, jobs=jobs), log=typer.echo)
+    typer.echo(report.summary())
+    path = write_report(st, target)
+    typer.echo(f"report written to {path}")
+    if not report.ok:
+        raise typer.Exit(1)
+
 
 
 def main() -> None:  # pragma: no cover - entry point
