@@ -18,16 +18,18 @@ MAX_CITIES = 30  # about 7 characters per city: longer prompts outgrow the model
 
 
 def perimeter_length(x: np.ndarray, y: np.ndarray, cities: np.ndarray) -> np.ndarray:
-    """Unrounded length per row of world rows [n, w] (-1 = empty slot, at the end)."""
+    """Unrounded length per row of world rows [n, w] (-1 = empty slot, at the end), summed in
+    the written order with the closing edge last."""
     present = cities >= 0
     m = present.sum(axis=1)
-    safe = np.where(present, cities, cities[:, :1])
-    px, py = x[safe].astype(np.float64), y[safe].astype(np.float64)
-    slot = np.arange(cities.shape[1])[None, :]
-    nxt = np.where(slot + 1 < m[:, None], slot + 1, 0)  # the last city closes back to the first
-    edge = np.hypot(np.take_along_axis(px, nxt, 1) - px, np.take_along_axis(py, nxt, 1) - py)
-    n_edges = np.where(m == 2, 1, m)  # two cities: one distance, not there and back
-    return np.where(slot < n_edges[:, None], edge, 0.0).sum(axis=1)
+    total = np.zeros(len(cities))
+    for j in range(cities.shape[1] - 1):
+        a, b = cities[:, j], cities[:, j + 1]
+        edge = np.hypot(x[b] - x[a], y[b] - y[a])
+        total += np.where(present[:, j + 1], edge, 0.0)
+    first, last = cities[:, 0], cities[np.arange(len(cities)), m - 1]
+    closing = np.hypot(x[first] - x[last], y[first] - y[last])
+    return total + np.where(m >= 3, closing, 0.0)  # two cities: one distance, not there and back
 
 
 @register
