@@ -379,3 +379,12 @@ def test_inside_matches_scipy_and_ignores_hull_order(t, hull):
     got = in_hull(x, y, rows)
     assert got[0] == got[1]
     assert ("TRUE" if got[0] else "FALSE") == ref_inside(t, hull)
+
+
+@pytest.mark.parametrize("task", ["inside", "crossing"])
+def test_pool_without_true_items_fails_clearly(world, task):
+    x = np.unique(world.x, return_counts=True)
+    meridian = int(x[0][x[1].argmax()])  # the most cities on one meridian: all collinear
+    with pytest.raises(WorldrepError, match="no item with answer TRUE"):
+        build_rows(world, DatasetSpec(task=task, n_train=20, n_val=0, n_test=0,
+                                      pool=f"bounds:{meridian},{meridian},-900,900"))

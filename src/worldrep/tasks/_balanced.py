@@ -16,13 +16,16 @@ from .base import Items, Sampling
 from .common import n_tuples
 
 MAX_CHUNK = 1 << 20  # candidates labelled at once: bounds memory, not speed
+NEVER_SEEN_AFTER = 200_000  # candidates without one label: that label is impossible
 MAX_DRAWN_PER_ITEM = 50  # give up (return fewer items) past this many candidates per item
 
 
 def balanced_draw(draw: Callable[[int], Items], is_first: Callable[[Items], np.ndarray],
-                  n: int, rng: np.random.Generator) -> Items:
+                  n: int, rng: np.random.Generator, task: str,
+                  labels: tuple[str, str] = ("TRUE", "FALSE")) -> Items:
     """About n items, (n+1)//2 with `is_first` true and n//2 false, in random order. Returns
-    fewer when one label is too rare to fill (the caller reports the shortfall)."""
+    fewer when one label is too rare to fill (the caller reports the shortfall); fails when
+    one label never occurs in the pool."""
     want = np.array([(n + 1) // 2, n // 2])
     have = np.zeros(2, np.int64)
     seen = np.zeros(2, np.int64)
@@ -37,6 +40,11 @@ def balanced_draw(draw: Callable[[int], Items], is_first: Callable[[Items], np.n
             rows = rows[: want[label] - have[label]]
             have[label] += len(rows)
             parts.append(cand.take(rows))
+        if drawn >= NEVER_SEEN_AFTER and (seen == 0).any():
+            missing = labels[int(np.argmin(seen))]
+            raise WorldrepError(f"{task}: no item with answer {missing} among {drawn} random "
+                                f"draws from this pool (e.g. its cities are collinear); "
+                                f"allowed: a pool where both answers occur")
         rate = np.maximum(seen, 1) / drawn  # observed share of each label so far
         need = np.max((want - have) / rate)
         chunk = int(min(MAX_CHUNK, max(1024, 1.1 * need)))

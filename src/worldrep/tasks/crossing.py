@@ -45,7 +45,8 @@ class Crossing(Task):
 
     def sample(self, s, n, rng, p):
         return balanced_draw(lambda k: Items(draw_tuples(s, k, 4, rng)),
-                             lambda it: crosses(s.world.x, s.world.y, it.cities), n, rng)
+                             lambda it: crosses(s.world.x, s.world.y, it.cities), n, rng,
+                             self.name)
 
     def answers(self, s, items, p):
         return np.where(crosses(s.world.x, s.world.y, items.cities), "TRUE", "FALSE")

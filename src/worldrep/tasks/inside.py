@@ -71,7 +71,8 @@ class Inside(Task):
             return Items(np.pad(cities, ((0, 0), (0, width - cities.shape[1])),
                                 constant_values=-1))
 
-        return balanced_draw(draw, lambda it: in_hull(s.world.x, s.world.y, it.cities), n, rng)
+        return balanced_draw(draw, lambda it: in_hull(s.world.x, s.world.y, it.cities), n,
+                             rng, self.name)
 
     def answers(self, s, items, p):
         return np.where(in_hull(s.world.x, s.world.y, items.cities), "TRUE", "FALSE")
