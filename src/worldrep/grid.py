@@ -23,12 +23,18 @@ GENERATORS = ("pairs", "triples", "combinations", "permutations", "range")
 
 
 class GridValue:
-    """One value of a grid variable: a task (by number or name), a setting, or a combination."""
+    """One value of a grid variable: a task (by number or name), a setting, a combination
+    (tuple) or a mapping of settings (`{w.epochs}`; its text is its 'name')."""
 
     def __init__(self, raw: Any):
         self.raw = raw
 
     def text(self) -> str:
+        if isinstance(self.raw, dict):
+            if "name" not in self.raw:
+                raise WorldrepError(f"a grid value that is a mapping ({self.raw}) needs a 'name' "
+                                    "key to appear in text; use {var.key} for its fields")
+            return str(self.raw["name"])
         if isinstance(self.raw, tuple):
             parts = [str(v) for v in self.raw]
             # `pt2-{c}` reads as pt2-12 for task numbers, pt2-distance-angle for names.
@@ -46,6 +52,12 @@ class GridValue:
         return GridValue(self.raw[index])
 
     def attribute(self, attr: str) -> GridValue:
+        if isinstance(self.raw, dict):
+            if attr not in self.raw:
+                raise WorldrepError(f"'.{attr}': the grid value {self.raw} has no key '{attr}'; "
+                                    f"allowed: {', '.join(map(str, self.raw))}")
+            value = self.raw[attr]
+            return GridValue(tuple(value) if isinstance(value, list) else value)
         if attr == "name":
             return GridValue(task_name(self.raw))
         if attr == "number":
@@ -173,8 +185,13 @@ def expand(grid: dict | None, where: Any, lists: dict[str, list]) -> Iterator[di
     checks = [_compile_condition(c, names) for c in conditions]
     for combo in itertools.product(*(_values(n, grid[n], lists) for n in names)):
         raw = {n: (tuple(v) if isinstance(v, list) else v) for n, v in zip(names, combo, strict=True)}
-        if all(check(raw) for check in checks):
+        if all(check(_plain(raw)) for check in checks):
             yield {n: GridValue(v) for n, v in raw.items()}
+
+
+def _plain(raw: dict) -> dict:
+    """Mapping values take part in `where` through their 'name'."""
+    return {k: (v.get("name") if isinstance(v, dict) else v) for k, v in raw.items()}
 
 
 # -- where conditions: a tiny safe expression language --------------------------------------

@@ -183,3 +183,271 @@ class MixtureKind(StepKind):
         mix = MixSpec.model_validate({**{k: v for k, v in spec.items() if k != "sources"},
                                       "sources": sources})
         make_mixture(mix, out)
+
+
+# -- analyses ---------------------------------------------------------------------------------
+class LabelledReps(Strict):
+    label: str
+    reps: str  # a reps step
+
+
+def _labelled(items: list) -> list[dict]:
+    """Inputs given as step names (labelled by the name less '.reps') or {label, reps}."""
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            label = item[: -len(".reps")] if item.endswith(".reps") else item
+            out.append({"label": label, "reps": item})
+        else:
+            out.append(item)
+    return out
+
+
+def _reps_refs(spec: dict, key: str = "reps") -> list[Ref]:
+    return [Ref(f"{key}[{i}]", item["reps"], ("reps",)) for i, item in enumerate(spec[key])]
+
+
+def _reps_dir(path: Path) -> Path:
+    """A reps step's directory, or the last checkpoint of a series of them."""
+    from .analysis.reps import REPS_FILE, reps_series
+
+    if (Path(path) / REPS_FILE).is_file():
+        return Path(path)
+    return list(reps_series(path).values())[-1]
+
+
+def _reps_inputs(spec: dict, inputs: dict[str, Path], key: str = "reps") -> dict[str, Path]:
+    return {item["label"]: _reps_dir(inputs[item["reps"]]) for item in spec[key]}
+
+
+def _analysis_spec(model, spec: dict, own: tuple[str, ...]):
+    return model.model_validate({k: v for k, v in spec.items() if k not in own})
+
+
+class _Lazy:
+    """A Spec built on first use from a stage module's pydantic model plus study fields, so
+    that importing worldrep.steps does not import torch or the analysis modules."""
+
+    def __init__(self, build):
+        self.build, self.model = build, None
+
+    def __get__(self, obj, owner):
+        if self.model is None:
+            self.model = self.build()
+        return self.model
+
+
+def _reps_model():
+    from .analysis.reps import RepSpec
+
+    class RepsStep(RepSpec):
+        run: str  # a train step
+        world: str = "world"
+        checkpoint: str = "final"  # final, last, checkpoint-N, a comma list, or all
+
+    return RepsStep
+
+
+@register_kind
+class RepsKind(StepKind):
+    name = "reps"
+    section = "analyses"
+    Spec = _Lazy(_reps_model)
+    OWN = ("run", "world", "checkpoint")
+
+    def prepare(self, body):
+        from .grid import task_name
+
+        if "task" in body:
+            body["task"] = task_name(body["task"])
+        return body
+
+    def refs(self, spec):
+        return [Ref("run", spec["run"], ("train",)), Ref("world", spec["world"], ("world",))]
+
+    def run(self, spec, inputs, out):
+        from .analysis.reps import RepSpec, extract_representations, extract_run, resolve_checkpoint
+
+        rep = _analysis_spec(RepSpec, spec, self.OWN)
+        run_dir, world = inputs[spec["run"]], inputs[spec["world"]]
+        which = spec["checkpoint"]
+        if which == "all" or "," in which:
+            extract_run(run_dir, world, rep, out, checkpoints=which)
+        else:
+            extract_representations(resolve_checkpoint(run_dir, which), world, rep, out)
+
+
+def _probe_model():
+    from .analysis.probes import ProbeSpec
+
+    class ProbeStep(ProbeSpec):
+        reps: list[str | LabelledReps] = pydantic.Field(min_length=1)
+        world: str | None = "world"  # coordinates from the world (None: from the reps)
+
+    return ProbeStep
+
+
+@register_kind
+class ProbeKind(StepKind):
+    name = "probe"
+    section = "analyses"
+    Spec = _Lazy(_probe_model)
+    OWN = ("reps", "world")
+
+    def prepare(self, body):
+        if isinstance(body.get("reps"), str):
+            body["reps"] = [body["reps"]]
+        return body
+
+    def validate(self, body, where):
+        spec = super().validate(body, where)
+        spec["reps"] = _labelled(spec["reps"])
+        return spec
+
+    def refs(self, spec):
+        world = [Ref("world", spec["world"], ("world",))] if spec["world"] else []
+        return _reps_refs(spec) + world
+
+    def run(self, spec, inputs, out):
+        from .analysis.probes import ProbeSpec, run_probe
+
+        world = inputs[spec["world"]] if spec["world"] else None
+        run_probe(_reps_inputs(spec, inputs), world, _analysis_spec(ProbeSpec, spec, self.OWN),
+                  out)
+
+
+def _cka_model():
+    from .analysis.cka import CKASpec
+
+    class CKAStep(CKASpec):
+        reps: list[str | LabelledReps] = pydantic.Field(min_length=2)
+
+    return CKAStep
+
+
+@register_kind
+class CKAKind(ProbeKind):
+    name = "cka"
+    Spec = _Lazy(_cka_model)
+    OWN = ("reps",)
+
+    def refs(self, spec):
+        return _reps_refs(spec)
+
+    def run(self, spec, inputs, out):
+        from .analysis.cka import CKASpec, cka_matrix
+
+        cka_matrix(_reps_inputs(spec, inputs), _analysis_spec(CKASpec, spec, self.OWN), out)
+
+
+def _pca_model():
+    from .analysis.pca import PCASpec
+
+    class PCAStep(PCASpec):
+        reps: str  # a reps step; a series of checkpoints gives a timeline
+        title: str | None = None
+
+    return PCAStep
+
+
+@register_kind
+class PCAKind(StepKind):
+    name = "pca"
+    section = "analyses"
+    Spec = _Lazy(_pca_model)
+    OWN = ("reps", "title")
+
+    def refs(self, spec):
+        return [Ref("reps", spec["reps"], ("reps",))]
+
+    def run(self, spec, inputs, out):
+        from .analysis.pca import PCASpec, pca_timeline, pca_views
+        from .analysis.reps import REPS_FILE, reps_series
+
+        pca = _analysis_spec(PCASpec, spec, self.OWN)
+        path = inputs[spec["reps"]]
+        title = spec["title"] or spec["reps"]
+        if (path / REPS_FILE).is_file():
+            pca_views(path, pca, out, title=title)
+        else:
+            pca_timeline(reps_series(path), pca, out, title=title)
+
+
+def _atlantis_model():
+    from .analysis.atlantis import AtlantisSpec
+
+    class AtlantisStep(AtlantisSpec):
+        reps: list[str | LabelledReps] = pydantic.Field(min_length=1)
+
+    return AtlantisStep
+
+
+@register_kind
+class AtlantisKind(CKAKind):
+    name = "atlantis"
+    Spec = _Lazy(_atlantis_model)
+
+    def run(self, spec, inputs, out):
+        from .analysis.atlantis import AtlantisSpec, atlantis_error
+
+        atlantis_error(_reps_inputs(spec, inputs), _analysis_spec(AtlantisSpec, spec, self.OWN),
+                       out)
+
+
+class LabelledRun(Strict):
+    label: str
+    run: str  # a train step whose evaluations are read
+
+
+def _ni_model():
+    from .analysis.improvement import NISpec
+
+    class NIStep(NISpec):
+        base: str  # the train step fine-tuned from (its evaluations are the baselines)
+        world_data: list[str] = pydantic.Field(min_length=1)  # world test sets, one per task
+        atlantis_data: list[str] = pydantic.Field(min_length=1)  # Atlantis test sets
+        finetuned: list[LabelledRun] = pydantic.Field(min_length=1)
+
+    return NIStep
+
+
+def eval_name(run: str, data: str) -> str:
+    """The step that evaluates `run` on `data` (declared through the run's `evals`)."""
+    return f"{run}.eval.{data}"
+
+
+@register_kind
+class NIKind(StepKind):
+    name = "ni"
+    section = "analyses"
+    Spec = _Lazy(_ni_model)
+    OWN = ("base", "world_data", "atlantis_data", "finetuned")
+
+    def refs(self, spec):
+        refs = [Ref(f"base evaluated on {d}", eval_name(spec["base"], d), ("eval",))
+                for d in spec["world_data"] + spec["atlantis_data"]]
+        for item in spec["finetuned"]:
+            refs += [Ref(f"finetuned '{item['label']}' evaluated on {d}",
+                         eval_name(item["run"], d), ("eval",)) for d in spec["atlantis_data"]]
+        return refs
+
+    def run(self, spec, inputs, out):
+        from .analysis.improvement import NISpec, ni_matrix
+
+        def merged(run: str, datasets: list[str]) -> dict:
+            summary: dict = {}
+            for d in datasets:
+                summary.update(_eval_summary(inputs[eval_name(run, d)]))
+            return summary
+
+        finetuned = {item["label"]: merged(item["run"], spec["atlantis_data"])
+                     for item in spec["finetuned"]}
+        ni_matrix(finetuned, merged(spec["base"], spec["world_data"]),
+                  merged(spec["base"], spec["atlantis_data"]),
+                  _analysis_spec(NISpec, spec, self.OWN), out)
+
+
+def _eval_summary(path: Path) -> dict:
+    import json
+
+    return json.loads((Path(path) / "summary.json").read_text())

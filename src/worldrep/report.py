@@ -1,0 +1,279 @@
+"""The study report: one self-contained HTML page that opens offline.
+
+It reads the study's artifact directories (never recomputes anything) and shows the steps and
+their status, training curves, task metrics (world vs Atlantis test sets), probe world maps,
+similarity (CKA) heat maps, Atlantis reconstruction errors, normalised-improvement matrices and
+PCA views. Figures are PNGs embedded as base64; interactive PCA pages (plotly, with plotly.js
+inlined) are embedded in iframes, so the page needs no network and no other file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from .cache import StepState, study_states
+from .study import Step, Study
+
+METRIC_KEYS = ("mean_error", "accuracy", "mean_score")
+MAX_INLINE_HTML = 4  # interactive PCA pages are a few MB each
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
+color:#222;padding:0 1em}
+h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.done{color:#1a7f37}.failed{color:#cf222e;font-weight:bold}.running{color:#9a6700}
+.pending,.blocked{color:#777}
+.figs{display:flex;flex-wrap:wrap;gap:1em}
+figure{margin:0;max-width:100%} figure img{max-width:560px;width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555} pre{background:#f6f8fa;padding:.6em;overflow:auto;font-size:.8em}
+iframe{width:100%;height:620px;border:1px solid #ddd}
+.muted{color:#777}
+"""
+
+
+def write_report(study: Study, out: Path, path: Path | None = None) -> Path:
+    out = Path(out)
+    path = Path(path) if path else out / "report.html"
+    states = study_states(study, out)
+    dirs = {name: study.step_dir(out, name) for name in study.steps}
+    sections = [
+        _overview(study, out, states),
+        _training(study, dirs, states),
+        _task_metrics(study, dirs, states),
+        _probes(study, dirs, states),
+        _figures_of(study, dirs, states, "cka", "Representational similarity (CKA)"),
+        _atlantis(study, dirs, states),
+        _figures_of(study, dirs, states, "ni", "Normalised improvement"),
+        _pca(study, dirs, states),
+        _other_kinds(study, dirs, states),
+        _failures(study, dirs, states),
+    ]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(study.name)} — worldrep"
+            f"</title><style>{CSS}</style></head><body>{''.join(s for s in sections if s)}"
+            "</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page)
+    tmp.replace(path)
+    return path
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _e(text) -> str:
+    return html.escape(str(text))
+
+
+def _img(path: Path, caption: str = "") -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    return f"<figure><img src='data:image/png;base64,{data}' alt='{_e(caption)}'>{cap}</figure>"
+
+
+def _figs(items: Iterable[tuple[Path, str]]) -> str:
+    inner = "".join(_img(p, c) for p, c in items)
+    return f"<div class='figs'>{inner}</div>" if inner else ""
+
+
+def _done(study: Study, states: dict[str, StepState], kind: str) -> list[Step]:
+    return [s for s in study.steps.values() if s.kind == kind and states[s.name].state == "done"]
+
+
+def _table(frame: pd.DataFrame, digits: int = 3) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
+    rows = []
+    for row in frame.itertuples(index=False):
+        cells = []
+        for v in row:
+            if isinstance(v, float):
+                cells.append(f"<td class='num'>{'' if pd.isna(v) else f'{v:.{digits}g}'}</td>")
+            else:
+                cells.append(f"<td>{_e(v)}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _section(title: str, body: str, note: str = "") -> str:
+    if not body:
+        return ""
+    note = f"<p class='muted'>{_e(note)}</p>" if note else ""
+    return f"<h2>{_e(title)}</h2>{note}{body}"
+
+
+# -- sections ---------------------------------------------------------------------------------
+def _overview(study: Study, out: Path, states: dict[str, StepState]) -> str:
+    counts: dict[str, int] = {}
+    for st in states.values():
+        counts[st.state] = counts.get(st.state, 0) + 1
+    summary = ", ".join(f"<span class='{s}'>{n} {s}</span>" for s, n in counts.items())
+    scale = f" (scale 1/{study.scale:g})" if study.scale != 1 else ""
+    rows = []
+    for step in study.steps.values():
+        st = states[step.name]
+        note = st.error or ""
+        rows.append(f"<tr><td>{_e(step.kind)}</td><td>{_e(step.name)}</td>"
+                    f"<td class='{st.state}'>{st.state}</td><td>{_e(', '.join(step.deps))}</td>"
+                    f"<td>{_e(note)}</td></tr>")
+    table = ("<details><summary>all steps</summary><table><tr><th>kind</th><th>step</th>"
+             "<th>status</th><th>reads</th><th>note</th></tr>" + "".join(rows)
+             + "</table></details>")
+    desc = f"<p>{_e(study.description)}</p>" if study.description else ""
+    return (f"<h1>{_e(study.name)}{scale}</h1>{desc}<p class='muted'>{_e(study.path)} → "
+            f"{_e(out)}; written {time.strftime('%Y-%m-%d %H:%M')}</p>"
+            f"<p>{len(study.steps)} steps: {summary}</p>{table}")
+
+
+def _last_metrics(run_dir: Path) -> dict:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    last: dict = {}
+    for line in path.read_text().splitlines():
+        try:
+            last.update(json.loads(line))
+        except ValueError:
+            continue
+    return last
+
+
+def _training(study: Study, dirs: dict[str, Path], states) -> str:
+    runs = _done(study, states, "train")
+    rows, figs = [], []
+    for step in runs:
+        d = dirs[step.name]
+        m = _last_metrics(d)
+        rows.append({"run": step.name, "init from": step.spec.get("init_from") or "scratch",
+                     "data": step.spec.get("data", ""),
+                     **{k: m[k] for k in ("step", "loss", "val_loss") if k in m}})
+        figs += [(p, f"{step.name}: {p.stem}") for p in sorted(d.glob("*.png"))]
+    body = (_table(pd.DataFrame(rows)) if rows else "") + _figs(figs)
+    return _section("Training", body)
+
+
+def _main_metric(entry) -> tuple[str, float] | None:
+    if isinstance(entry, int | float):
+        return "value", float(entry)
+    if isinstance(entry, dict):
+        for key in METRIC_KEYS:
+            if key in entry:
+                return key, float(entry[key])
+    return None
+
+
+def _dataset_group(study: Study, data: str) -> str:
+    """'Atlantis' for test sets whose queries must include a synthetic city, else 'world'."""
+    spec = study.steps[data].spec if data in study.steps else {}
+    require = spec.get("require") or ""
+    return require if require else ("world" if spec.get("pool", "world") == "world" else "all")
+
+
+def _task_metrics(study: Study, dirs: dict[str, Path], states) -> str:
+    rows = []
+    for step in _done(study, states, "eval"):
+        summary_path = dirs[step.name] / "summary.json"
+        if not summary_path.is_file():
+            continue
+        summary = json.loads(summary_path.read_text())
+        group = _dataset_group(study, step.spec["data"])
+        for task, entry in summary.items():
+            metric = _main_metric(entry)
+            if metric is None:
+                continue
+            rows.append({"run": step.spec["run"], "task": task, "cities": group,
+                         "metric": metric[0], "value": metric[1],
+                         "valid": entry.get("valid_rate") if isinstance(entry, dict) else None})
+    if not rows:
+        return ""
+    long = pd.DataFrame(rows)
+    long["column"] = long["task"] + " (" + long["cities"] + ")"
+    wide = long.pivot_table(index="run", columns="column", values="value", aggfunc="first",
+                            sort=False).reset_index()
+    runs = list(dict.fromkeys(long["run"]))
+    wide = wide.set_index("run").loc[runs].reset_index()
+    legend = ("error tasks: mean absolute error (lower is better); accuracy tasks: share "
+              "correct. Columns name the task and the cities its test queries draw on.")
+    return _section("Task metrics", _table(wide), legend)
+
+
+def _probes(study: Study, dirs: dict[str, Path], states) -> str:
+    tables, figs = [], []
+    for step in _done(study, states, "probe"):
+        d = dirs[step.name]
+        if (d / "metrics.csv").is_file():
+            frame = pd.read_csv(d / "metrics.csv")
+            keep = [c for c in ("label", "layers", "x_test_r2", "y_test_r2", "test_mean_error",
+                                "test_median_error", "n_train", "n_test") if c in frame]
+            tables.append(frame[keep].assign(probe=step.name))
+        figs += [(p, f"{step.name}: {p.stem}") for p in sorted(d.glob("*.png"))]
+    body = ""
+    if tables:
+        frame = pd.concat(tables, ignore_index=True)
+        body += _table(frame[["probe", *[c for c in frame.columns if c != "probe"]]])
+    body += _figs(figs)
+    return _section("World maps from linear probes", body,
+                    "held-out cities: true position (grey) and probe prediction; R² per "
+                    "coordinate on test cities")
+
+
+def _figures_of(study: Study, dirs, states, kind: str, title: str) -> str:
+    figs = []
+    for step in _done(study, states, kind):
+        figs += [(p, f"{step.name}: {p.stem}") for p in sorted(dirs[step.name].glob("*.png"))]
+    return _section(title, _figs(figs))
+
+
+def _atlantis(study: Study, dirs, states) -> str:
+    body = ""
+    for step in _done(study, states, "atlantis"):
+        d = dirs[step.name]
+        if (d / "per_model.csv").is_file():
+            body += f"<h3>{_e(step.name)}</h3>" + _table(pd.read_csv(d / "per_model.csv"))
+        body += _figs((p, f"{step.name}: {p.stem}") for p in sorted(d.glob("*.png")))
+    return _section("Atlantis reconstruction error", body,
+                    "a probe fitted on world cities, applied to the synthetic cities "
+                    "(0.1-degree units)")
+
+
+def _pca(study: Study, dirs, states) -> str:
+    body, inlined = "", 0
+    for step in _done(study, states, "pca"):
+        d = dirs[step.name]
+        body += _figs((p, f"{step.name}: {p.stem}") for p in sorted(d.glob("*.png")))
+        for page in sorted(d.glob("*.html")):
+            if inlined >= MAX_INLINE_HTML:
+                break
+            inlined += 1
+            body += (f"<p>{_e(step.name)}: interactive view</p>"
+                     f"<iframe srcdoc=\"{html.escape(page.read_text(), quote=True)}\"></iframe>")
+    return _section("PCA views", body)
+
+
+def _other_kinds(study: Study, dirs, states) -> str:
+    known = {"world", "dataset", "mixture", "train", "eval", "reps", "probe", "cka", "atlantis",
+             "ni", "pca"}
+    figs = []
+    for step in study.steps.values():
+        if step.kind not in known and states[step.name].state == "done":
+            figs += [(p, f"{step.name}: {p.stem}") for p in sorted(dirs[step.name].glob("*.png"))]
+    return _section("Other figures", _figs(figs))
+
+
+def _failures(study: Study, dirs, states) -> str:
+    body = ""
+    for step in study.steps.values():
+        st = states[step.name]
+        if st.state != "failed":
+            continue
+        tb = (st.info or {}).get("traceback", "")
+        body += (f"<h3 class='failed'>{_e(step.name)}</h3><p>{_e(st.error)}</p>"
+                 f"<details><summary>traceback</summary><pre>{_e(tb)}</pre></details>")
+    return _section("Failures", body)
+
