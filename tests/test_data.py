@@ -173,3 +173,13 @@ def test_mixture_errors(two_sets, tmp_path):
     with pytest.raises(WorldrepError, match="not a finished dataset"):
         make_mixture(MixSpec(sources=[{"path": str(tmp_path / "nope")}]), tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.7])
+@pytest.mark.parametrize("name", ["inside", "crossing"])
+def test_unbalanced_true_ratio_exact_per_split(world, name, ratio):
+    spec = DatasetSpec(task=name, n_train=1000, n_val=20, n_test=200, true_ratio=ratio)
+    splits, _ = build_rows(world, spec)
+    for split, n in spec.sizes.items():
+        answers = splits[split]["answer"].to_pylist()
+        assert answers.count("TRUE") == round(n * ratio), split

@@ -105,9 +105,15 @@ def draw_unique(task: Task, s: Sampling, spec: DatasetSpec, p, total: int,
         have = stream.count
         if want is None and have >= total:
             break
-        if want is not None and _label_counts(task, stream, want) >= want:
-            break
-        batch = max(1024, 2 * (total - have) + 1024)
+        if want is not None:
+            counts = _label_counts(task, stream, want)
+            if all(h >= w for h, w in zip(counts, want, strict=True)):
+                break
+            # size the next batch by the label that is still short, not by the total
+            short = max(w - h for h, w in zip(counts, want, strict=True))
+            batch = max(1024, 2 * short + 1024)
+        else:
+            batch = max(1024, 2 * (total - have) + 1024)
     else:
         raise WorldrepError(f"{task.name}: could not find {total} distinct items in the pool "
                             f"'{spec.pool}' (found {stream.count}); ask for fewer rows")

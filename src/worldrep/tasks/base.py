@@ -104,7 +104,7 @@ class Task:
     def prompt_chars(self, texts: np.ndarray) -> np.ndarray:
         """Characters of each text that form the prompt: up to and including the task's own
         answer '=' (the `)=` that closes the argument list), not the first '=' in the text."""
-        return np.char.find(texts.astype(str), ")=") + 2
+        return np.strings.find(np.asarray(texts, dtype=str), ")=") + 2
 
     def score(self, world: World, prompts: np.ndarray, answers: np.ndarray,
               outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

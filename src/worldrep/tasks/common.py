@@ -80,14 +80,25 @@ def city_refs(world: World, rows: np.ndarray) -> np.ndarray:
 
 
 def join_refs(world: World, cities: np.ndarray, sep: str = ",") -> np.ndarray:
-    """Per row, the city refs joined by `sep`, ignoring -1 slots."""
-    refs = city_refs(world, cities)
-    out = refs[:, 0].astype(object).astype(str)
-    for j in range(1, cities.shape[1]):
-        present = cities[:, j] >= 0
-        joined = np.strings.add(np.strings.add(out, sep), refs[:, j])
-        out = np.where(present, joined, out)
-    return out
+    """Per row, the city refs joined by `sep`; -1 slots (always trailing) are left out.
+
+    Built as one byte matrix (6 bytes per ref, 1 per separator) viewed as fixed-width strings:
+    numpy drops the trailing zero bytes of absent slots, so no per-row work is needed."""
+    n, k = cities.shape
+    if n == 0:
+        return np.zeros(0, dtype=str)
+    width = len(f"c_{0:0{ID_DIGITS}d}")
+    refs = np.frombuffer(city_refs(world, np.arange(len(world))).astype(f"S{width}").tobytes(),
+                         np.uint8).reshape(-1, width)
+    refs = np.concatenate([refs, np.zeros((1, width), np.uint8)])  # row for -1
+    present = cities >= 0
+    mat = np.zeros((n, k * (width + 1) - 1), np.uint8)
+    for j in range(k):
+        start = j * (width + 1)
+        if j:
+            mat[:, start - 1] = np.where(present[:, j], ord(sep), 0)
+        mat[:, start:start + width] = refs[np.where(present[:, j], cities[:, j], -1)]
+    return mat.view(f"S{mat.shape[1]}").ravel().astype(str)
 
 
 def cat(*parts) -> np.ndarray:
