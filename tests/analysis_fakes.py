@@ -40,3 +40,14 @@ def linear_reps(cities: pd.DataFrame, hidden: int = 128, noise: float = 0.01, se
 def write_reps(path, cities: pd.DataFrame, vectors: np.ndarray, layers=(5,),
                positions=("last_digit", "delimiter")):
     return save_reps(path, cities, list(layers), list(positions), vectors, {"fake": True})
+
+
+def tiny_model(seed: int = 0):
+    """A random 6-layer Qwen2 with the reference vocabulary (hidden 16, for speed)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=98, hidden_size=16, intermediate_size=32, num_hidden_layers=6,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    return Qwen2ForCausalLM(cfg).eval()

@@ -50,7 +50,7 @@ def test_accuracy_task_linear():
     out = normalized_improvement(np.array([0.5, 0.75, 1.0]), 1.0, 0.5, "accuracy")
     np.testing.assert_allclose(out, [0.0, 0.5, 1.0])
     with pytest.raises(WorldrepError, match="unknown metric"):
-        normalized_improvement(1, 1, 1, "score")
+        normalized_improvement(1, 1, 1, "bogus")
 
 
 def test_summary_values_reads_evaluation_summaries_and_plain_numbers():
@@ -58,7 +58,7 @@ def test_summary_values_reads_evaluation_summaries_and_plain_numbers():
                             "std_error": 3}, "compass": {"n": 10, "accuracy": 0.8}}
     assert summary_values(summary) == {"distance": (12.5, "error"), "compass": (0.8, "accuracy")}
     assert summary_values({"distance": 3.0}) == {"distance": (3.0, "error")}
-    with pytest.raises(WorldrepError, match="neither 'mean_error' nor 'accuracy'"):
+    with pytest.raises(WorldrepError, match="has none of mean_error, accuracy, mean_score"):
         summary_values({"distance": {"n": 3}})
     with pytest.raises(WorldrepError, match="unknown task"):
         summary_values({"nope": 1.0})

@@ -100,7 +100,7 @@ def test_split_is_disjoint_seeded_and_order_free():
 @pytest.fixture(scope="module")
 def linear_dir(tmp_path_factory):
     cities = fake_cities()
-    vectors = linear_reps(cities, layers=(4, 5), noise=0.01)
+    vectors = linear_reps(cities, hidden=48, layers=(4, 5), noise=0.01)
     return write_reps(tmp_path_factory.mktemp("reps") / "lin", cities, vectors, layers=(4, 5))
 
 
@@ -109,7 +109,7 @@ def test_probe_on_linear_representations_recovers_coordinates(linear_dir, tmp_pa
     assert is_complete(out)
     table = pd.read_csv(out / "metrics.csv")
     row = table.iloc[0]
-    assert row["n_train"] == 3250 and row["n_test"] == 1250 and row["n_features"] == 512
+    assert row["n_train"] == 3250 and row["n_test"] == 1250 and row["n_features"] == 192
     assert row["x_test_r2"] > 0.999 and row["y_test_r2"] > 0.999
     assert row["test_mean_error"] < 2.0  # noise 0.01 in units of 1000 -> a few tenths
     preds = pd.read_parquet(out / "predictions.parquet")

@@ -5,7 +5,7 @@ NI puts a fine-tuned model's Atlantis score v on the base model's scale (paper Â
 0 = the base model on Atlantis queries (atl), 1 = the base model on world queries (std).
 - error tasks: log(atl / v) / log(atl / std); when std >= atl or atl, std <= 0 the log ratio is
   meaningless and the reference falls back to 0 if v >= atl, 1 if v <= std, linear in between;
-- accuracy tasks: (v - atl) / (std - atl), or 0 when std <= atl.
+- accuracy (and score) tasks: (v - atl) / (std - atl), or 0 when std <= atl.
 The reference clipped NI to [0, 1.5] before every figure; `clip` keeps that default.
 Best-teacher expectation for a model fine-tuned on tasks {j, k}: max(NI(j), NI(k)) per
 evaluated task and seed; deviation = actual - expected.
@@ -24,7 +24,7 @@ from ..config import Strict
 from ..errors import WorldrepError
 from . import figures
 
-METRIC_KEYS = {"mean_error": "error", "accuracy": "accuracy"}
+METRIC_KEYS = {"mean_error": "error", "accuracy": "accuracy", "mean_score": "score"}
 
 
 def normalized_improvement(value, base_world, base_atlantis, metric: str,
@@ -38,10 +38,11 @@ def normalized_improvement(value, base_world, base_atlantis, metric: str,
             log_ratio = np.where(v <= 0, np.inf, log_ratio)  # a perfect model: unbounded
             linear = np.where(v >= atl, 0.0, np.where(v <= std, 1.0, (atl - v) / (atl - std)))
             ni = np.where(usable, log_ratio, linear)
-        elif metric == "accuracy":
+        elif metric in ("accuracy", "score"):  # higher is better: linear
             ni = np.where(std > atl, (v - atl) / (std - atl), 0.0)
         else:
-            raise WorldrepError(f"unknown metric '{metric}'; allowed: 'error', 'accuracy'")
+            raise WorldrepError(f"unknown metric '{metric}'; allowed: 'error', 'accuracy', "
+                                "'score'")
     ni = np.where(np.isnan(v), np.nan, ni)
     if clip is not None:
         ni = np.clip(ni, *clip)
@@ -75,8 +76,8 @@ def load_summary(source, eval_name: str | None = None, checkpoint: str = "final"
 
 
 def summary_values(summary: dict) -> dict[str, tuple[float, str]]:
-    """task -> (value, metric): mean_error for error tasks, accuracy for accuracy tasks.
-    Plain numbers take the metric from the task registry."""
+    """task -> (value, metric): mean_error for error tasks, accuracy (or mean_score) for the
+    others. Plain numbers take the metric from the task registry."""
     from ..tasks import get_task
 
     out = {}
@@ -84,15 +85,11 @@ def summary_values(summary: dict) -> dict[str, tuple[float, str]]:
         if isinstance(entry, dict):
             key = next((k for k in METRIC_KEYS if k in entry), None)
             if key is None:
-                raise WorldrepError(f"summary entry for '{task}' has neither 'mean_error' nor "
-                                    f"'accuracy' (keys: {', '.join(entry)})")
+                raise WorldrepError(f"summary entry for '{task}' has none of "
+                                    f"{', '.join(METRIC_KEYS)} (keys: {', '.join(entry)})")
             out[task] = (float(entry[key]), METRIC_KEYS[key])
         elif isinstance(entry, int | float):
-            metric = get_task(task).metric
-            if metric not in ("error", "accuracy"):
-                raise WorldrepError(f"task '{task}' has metric '{metric}'; NI is defined for "
-                                    "'error' and 'accuracy' tasks")
-            out[task] = (float(entry), metric)
+            out[task] = (float(entry), get_task(task).metric)
         else:
             raise WorldrepError(f"summary entry for '{task}' must be a number or a dict, got "
                                 f"{type(entry).__name__}")
