@@ -310,10 +310,17 @@ class ProbeKind(StepKind):
 
     def run(self, spec, inputs, out):
         from .analysis.probes import ProbeSpec, run_probe
+        from .analysis.reps import REPS_FILE, reps_series
 
         world = inputs[spec["world"]] if spec["world"] else None
-        run_probe(_reps_inputs(spec, inputs), world, _analysis_spec(ProbeSpec, spec, self.OWN),
-                  out)
+        reps: dict[str, Path] = {}
+        for item in spec["reps"]:  # a series of checkpoints is probed at every checkpoint
+            path = inputs[item["reps"]]
+            if (path / REPS_FILE).is_file():
+                reps[item["label"]] = path
+            else:
+                reps.update({f"{item['label']}/{c}": p for c, p in reps_series(path).items()})
+        run_probe(reps, world, _analysis_spec(ProbeSpec, spec, self.OWN), out)
 
 
 def _cka_model():
@@ -387,6 +394,16 @@ class AtlantisKind(CKAKind):
     name = "atlantis"
     Spec = _Lazy(_atlantis_model)
 
+    def prepare(self, body):
+        # groups may be listed as {label, group} items, so that a grid can generate them
+        groups = body.get("groups")
+        if isinstance(groups, list):
+            if not all(isinstance(g, dict) and set(g) == {"label", "group"} for g in groups):
+                raise WorldrepError("'groups': a mapping label -> group, or a list of "
+                                    "{label, group}")
+            body["groups"] = {g["label"]: g["group"] for g in groups}
+        return super().prepare(body)
+
     def run(self, spec, inputs, out):
         from .analysis.atlantis import AtlantisSpec, atlantis_error
 
@@ -451,3 +468,123 @@ def _eval_summary(path: Path) -> dict:
     import json
 
     return json.loads((Path(path) / "summary.json").read_text())
+
+
+# -- training and evaluation ------------------------------------------------------------------
+RUN_OWN = ("data", "mix", "init_from", "evals", "reps")
+
+
+def _train_spec():
+    from .train import TrainSpec
+
+    return TrainSpec
+
+
+def _scale_cadence(cadence: dict, s: float) -> dict:
+    every = cadence.get("every")
+    if every is not None and every >= 1:
+        every = scale_down(int(every), s)
+    at = sorted({scale_down(a, s) for a in cadence.get("at", [])})
+    return {**cadence, "every": every, "at": at}
+
+
+@register_kind
+class TrainKind(StepKind):
+    """A run: `data` (a dataset or mixture step) or an inline `mix`, optionally `init_from`
+    another run's final checkpoint; `evals` and `reps` declare its evaluation and
+    representation steps; every other key is a TrainSpec field."""
+
+    name = "train"
+    section = "runs"
+    Spec = _Lazy(_train_spec)
+
+    def validate(self, body, where):
+        own = {k: body.pop(k) for k in RUN_OWN if k in body}
+        if ("data" in own) == ("mix" in own):
+            raise WorldrepError(f"{where}: give exactly one of 'data' (a dataset or mixture "
+                                "step) and 'mix' (an inline mixture: a list of sources or "
+                                "{sources, mode, seed, shuffle})")
+        # Paths are filled in at run time; placeholders let the rest be validated now.
+        fields = {**body, "data": "<data>", "init_from": "<init>" if own.get("init_from") else None}
+        spec = parse_config(self.Spec, fields, where).model_dump(mode="json")
+        mix = own.get("mix")
+        evals = own.get("evals") or []
+        if not isinstance(evals, list):
+            raise WorldrepError(f"{where}: 'evals' must be a list of dataset steps "
+                                "(or {data, split, limit, ...})")
+        return {**spec, "data": own.get("data"), "init_from": own.get("init_from"),
+                "mix": {"sources": mix} if isinstance(mix, list) else mix,
+                "evals": [{"data": e} if isinstance(e, str) else e for e in evals],
+                "reps": own.get("reps")}
+
+    def derive(self, name, spec):
+        spec = dict(spec)
+        derived = []
+        mix = spec.pop("mix")
+        if mix is not None:
+            derived.append(Derived("mixture", f"{name}.mix", mix))
+            spec["data"] = f"{name}.mix"
+        for ev in spec.pop("evals"):
+            if not isinstance(ev, dict) or "data" not in ev:
+                raise WorldrepError(f"'evals': each entry is a dataset step or a mapping with "
+                                    f"'data', got {ev!r}")
+            derived.append(Derived("eval", eval_name(name, ev["data"]), {"run": name, **ev}))
+        reps = spec.pop("reps")
+        if reps is not None:
+            derived.append(Derived("reps", f"{name}.reps", {"run": name, **reps}))
+        return spec, derived
+
+    def refs(self, spec):
+        refs = [Ref("data", spec["data"], ("dataset", "mixture"))]
+        if spec["init_from"]:
+            refs.append(Ref("init_from", spec["init_from"], ("train",)))
+        return refs
+
+    def scale(self, spec, s):
+        spec = dict(spec)
+        spec["steps"] = scale_down(spec["steps"], s)
+        spec["optimizer"] = {**spec["optimizer"],
+                             "warmup_steps": scale_down(spec["optimizer"]["warmup_steps"], s)}
+        spec["checkpoints"] = _scale_cadence(spec["checkpoints"], s)
+        spec["eval"] = _scale_cadence(spec["eval"], s)
+        return spec
+
+    def run(self, spec, inputs, out):
+        from .train import TrainSpec, train
+
+        fields = dict(spec, data=str(inputs[spec["data"]]))
+        if spec["init_from"]:
+            fields["init_from"] = str(inputs[spec["init_from"]] / "checkpoints" / "final")
+        train(TrainSpec.model_validate(fields), out)
+
+
+class EvalStep(Strict):
+    run: str  # a train step
+    data: str  # a dataset or mixture step whose split is evaluated
+    split: Literal["train", "validation", "test"] = "test"
+    checkpoints: str = "final"  # final, last, all, or a comma list of checkpoint names
+    limit: int | None = pydantic.Field(None, ge=1)  # first N rows only
+    batch_size: int | None = pydantic.Field(None, ge=1)
+    device: str = "auto"
+
+
+@register_kind
+class EvalKind(StepKind):
+    name = "eval"
+    section = "evals"
+    Spec = EvalStep
+
+    def refs(self, spec):
+        return [Ref("run", spec["run"], ("train",)),
+                Ref("data", spec["data"], ("dataset", "mixture"))]
+
+    def scale(self, spec, s):
+        return {**spec, "limit": scale_up(spec["limit"], s)}
+
+    def run(self, spec, inputs, out):
+        from .evaluate import evaluate_run
+
+        extra = {k: spec[k] for k in ("batch_size",) if spec[k] is not None}
+        evaluate_run(inputs[spec["run"]], inputs[spec["data"]], split=spec["split"],
+                     checkpoints=spec["checkpoints"], limit=spec["limit"], out=out,
+                     device=spec["device"], **extra)
