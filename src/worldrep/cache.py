@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 import traceback
 from dataclasses import dataclass
@@ -59,13 +60,38 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def slurm_job_alive(job_id: str) -> bool:
+    """Whether Slurm still knows the job as pending or running (True if it cannot tell)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return out.returncode != 0 or bool(out.stdout.strip())
+
+
 def is_live(info: dict | None) -> bool:
-    """A running marker is live if its process still exists (on another host: assumed so)."""
+    """A running marker is live if its process still exists; a queued or remote Slurm job if
+    Slurm still lists it; another host's process is assumed alive."""
     if not info:
         return False
+    if info.get("slurm_job_id"):
+        return slurm_job_alive(info["slurm_job_id"])
     if info.get("host") != socket.gethostname():
         return True
     return process_alive(int(info.get("pid", -1)))
+
+
+def mark_queued(path: Path, job_id: str) -> None:
+    """A step submitted to Slurm and not yet started: a rerun must not submit it again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json_atomic(running_marker(path), {
+        "pid": -1, "host": "slurm", "queued": time.time(), "started": time.time(),
+        "slurm_job_id": str(job_id)})
+
+
+def clear_marker(path: Path) -> None:
+    running_marker(path).unlink(missing_ok=True)
 
 
 def mark_running(path: Path, **extra) -> None:

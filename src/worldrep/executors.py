@@ -239,6 +239,9 @@ class Submitit:
         self.executor.update_parameters(**params)
         job = self.executor.submit(run_unit, unit)
         self.units[job] = unit
+        if self.graph:
+            for step in unit:
+                cache.mark_queued(Path(step.out), job.job_id)
         return job
 
     def wait(self, handles):
@@ -376,6 +379,7 @@ class _Progress:
         bad = self.blocking_input(step.deps)
         if bad:  # a dependent job cancelled by the scheduler (Slurm afterok), not a failure
             cache.clear_failure(out)
+            cache.clear_marker(out)
             self.report.skipped[o.name] = bad
             self.log(f"{head} skipped  {step.kind:<8} {o.name}: needs '{bad}'")
             return
