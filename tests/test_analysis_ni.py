@@ -121,8 +121,10 @@ def test_ni_per_seed_bases_and_seed_means(tmp_path):
 def test_ni_matrix_writes_deviation_heat_map(tmp_path):
     ft = {"distance": _ft(10.0, 200.0, 0.5), "angle": _ft(100.0, 2.0, 0.9),
           "distance+angle": _ft(10.0, 20.0, 0.7)}
-    out = ni_matrix(ft, BASE_WORLD, BASE_ATL, NISpec(), tmp_path / "ni")
+    shuffled = dict(reversed(BASE_WORLD.items()))
+    out = ni_matrix(ft, shuffled, BASE_ATL, NISpec(), tmp_path / "ni")
     dev = pd.read_csv(out / "deviation.csv", index_col=0)
+    assert list(dev.columns) == ["distance", "angle", "compass"]  # the paper's task order
     assert dev.loc["distance+angle", "angle"] == pytest.approx(-0.5)
     assert (out / "deviation.png").stat().st_size > 5_000
     assert (out / "ni_multi.csv").is_file() and (out / "manifest.json").is_file()

@@ -41,6 +41,11 @@ def test_find_checkpoints_orders_numerically_and_drops_duplicate_final(run_dir, 
     tiny_model(3).save_pretrained(other / "final")
     assert [n for n, _ in find_checkpoints(other.parent)] == ["checkpoint-5", "final"]
     assert resolve_checkpoint(other.parent, "last").name == "final"
+    # The trainer records each checkpoint's step: a final at the last step is a duplicate.
+    (other / "final" / "worldrep.json").write_text('{"step": 5}')
+    assert [n for n, _ in find_checkpoints(other.parent)] == ["checkpoint-5"]
+    (other / "final" / "worldrep.json").write_text('{"step": 6}')
+    assert [n for n, _ in find_checkpoints(other.parent)] == ["checkpoint-5", "final"]
     with pytest.raises(WorldrepError, match="no checkpoint 'checkpoint-7'"):
         resolve_checkpoint(other.parent, "checkpoint-7")
     with pytest.raises(WorldrepError, match="no checkpoints in"):

@@ -78,21 +78,24 @@ def heatmap(path, values: np.ndarray, rows, cols, title: str = "", cmap: str = "
     n_r, n_c = values.shape
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * n_c, 1.0 + 0.6 * n_r))
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
-    lo, hi = im.get_clim()
     for i in range(n_r):
         for j in range(n_c):
             v = values[i, j]
             text = "–" if not np.isfinite(v) else fmt.format(v)
             if sem is not None and np.isfinite(sem[i, j]):
                 text += "\n±" + fmt.format(sem[i, j])
-            dark = np.isfinite(v) and (v - lo) < 0.5 * (hi - lo) if cmap == "viridis" else False
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if dark else "black")
+                    color="white" if np.isfinite(v) and _dark(im, v) else "black")
     ax.set_xticks(range(n_c), [str(c) for c in cols], rotation=45, ha="right")
     ax.set_yticks(range(n_r), [str(r) for r in rows])
     ax.set_title(title)
     fig.colorbar(im, ax=ax, shrink=0.8)
     return _save(fig, path)
+
+
+def _dark(im, value: float) -> bool:
+    r, g, b, _ = im.cmap(im.norm(value))
+    return 0.299 * r + 0.587 * g + 0.114 * b < 0.5
 
 
 def error_histogram(path, samples: dict[str, np.ndarray], title: str = "",
@@ -111,8 +114,10 @@ def error_histogram(path, samples: dict[str, np.ndarray], title: str = "",
         if not len(v):
             continue
         label = f"{name} (n={len(v)}, mean {v.mean():.1f}, median {np.median(v):.1f})"
-        ax.hist(np.clip(v, lo, hi), bins=bins, alpha=0.55, density=True, label=label)
-    ax.set(xscale="log", xlabel=xlabel, ylabel="density", title=title)
+        # Shares, not densities: log-spaced bins have unequal widths.
+        ax.hist(np.clip(v, lo, hi), bins=bins, alpha=0.55, weights=np.full(len(v), 1 / len(v)),
+                label=label)
+    ax.set(xscale="log", xlabel=xlabel, ylabel="share of cities", title=title)
     ax.legend(fontsize=8)
     return _save(fig, path)
 

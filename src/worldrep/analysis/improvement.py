@@ -129,6 +129,14 @@ def _base_for(bases: dict[str, dict], seed: str, what: str) -> dict:
     return bases[seed]
 
 
+def _paper_order(tasks: list[str]) -> list[str]:
+    """The paper's tasks in their numbering order (distance ... crossing), then the rest."""
+    from ..tasks import paper_tasks
+
+    paper = paper_tasks()
+    return [t for t in paper if t in tasks] + [t for t in tasks if t not in paper]
+
+
 def ni_table(finetuned: dict, base_world, base_atlantis, spec: NISpec | None = None
              ) -> pd.DataFrame:
     """Long table: one row per (fine-tuned model, evaluated task) with its NI."""
@@ -140,7 +148,7 @@ def ni_table(finetuned: dict, base_world, base_atlantis, spec: NISpec | None = N
         config, seed = _split_label(str(label), spec.seed_separator)
         bw, ba = _base_for(worlds, seed, "world"), _base_for(atls, seed, "Atlantis")
         ft = summary_values(load_summary(source, spec.eval_name_atlantis, spec.checkpoint))
-        for task in spec.tasks or list(bw):
+        for task in spec.tasks or _paper_order(list(bw)):
             missing = [name for name, s in (("base world", bw), ("base Atlantis", ba),
                                             (f"'{label}'", ft)) if task not in s]
             if missing:

@@ -13,6 +13,7 @@ analysis can select cities without the world), the layers and positions read, an
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +150,9 @@ def is_checkpoint(path: str | Path) -> bool:
 def find_checkpoints(run_dir: str | Path) -> list[tuple[str, Path]]:
     """(name, path) of a run's checkpoints in step order, `final` last.
 
-    `final` is dropped when its weights are byte-identical to the last numbered checkpoint,
-    so a timeline has no duplicated last step (the reference repeated it).
+    `final` is dropped when it is the last numbered checkpoint again (same recorded step, or
+    byte-identical weights), so a timeline has no duplicated last step (the reference repeated
+    it).
     """
     run_dir = Path(run_dir)
     base = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
@@ -159,12 +161,26 @@ def find_checkpoints(run_dir: str | Path) -> list[tuple[str, Path]]:
                       key=lambda t: t[0]) if base.is_dir() else []
     found = [(p.name, p) for _, p in numbered]
     final = base / "final"
-    if is_checkpoint(final) and not (found and _same_weights(final, found[-1][1])):
+    if is_checkpoint(final) and not (found and _duplicate(final, numbered[-1])):
         found.append(("final", final))
     if not found:
         raise WorldrepError(f"no checkpoints in {run_dir} (expected checkpoints/checkpoint-<step>/ "
                             "or checkpoints/final/ holding an HF config.json)")
     return found
+
+
+def _duplicate(final: Path, last: tuple[int, Path]) -> bool:
+    """Is `final` the last numbered checkpoint again? By the step worldrep's trainer records
+    (worldrep.json), else by identical weight files."""
+    info = final / "worldrep.json"
+    if info.is_file():
+        try:
+            step = json.loads(info.read_text()).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            step = None
+        if isinstance(step, int):
+            return step == last[0]
+    return _same_weights(final, last[1])
 
 
 def _same_weights(a: Path, b: Path) -> bool:
