@@ -51,6 +51,16 @@ def test_ols_single_target_and_rank_deficient_min_norm():
     np.testing.assert_allclose(probe.coef_[:, 0], np.linalg.pinv(Xc) @ (y - y.mean()), atol=1e-6)
 
 
+def test_ols_ill_conditioned_matches_lstsq():
+    g = np.random.default_rng(2)
+    X = g.normal(size=(400, 5))
+    X = np.hstack([X, X[:, :1] + 1e-7 * g.normal(size=(400, 1))])  # nearly collinear pair
+    y = X @ g.normal(size=6) + 0.1 * g.normal(size=400)
+    A = np.hstack([X, np.ones((400, 1))])
+    sol = np.linalg.lstsq(A, y, rcond=None)[0]
+    np.testing.assert_allclose(LinearProbe().fit(X, y).predict(X), A @ sol, atol=1e-6)
+
+
 def test_ridge_closed_form_and_small_alpha_is_ols():
     X, y = _data(d=10)
     alpha = 25.0
