@@ -1,0 +1,464 @@
+"""The reference Qwen2 architecture as a compact, stacked module, and its HF checkpoints.
+
+The architecture is Hugging Face's `Qwen2ForCausalLM` (pre-norm RMSNorm, RoPE, SwiGLU MLP,
+q/k/v biases, untied head). `StackedQwen2` computes the same function with every parameter
+stacked over a leading model dimension K: `K` independent models run in one batched forward
+(`ids` [K, B, T] -> logits [K, B, T, V]) with exactly the per-model math, so several runs can
+share one training step. K = 1 is a single run.
+
+The HF module is used only at the edges: checkpoints are plain Qwen2 directories (config.json,
+model.safetensors, tokenizer) that `AutoModelForCausalLM.from_pretrained` loads, and
+`to_hf_state_dict` / `load_hf_state_dict` convert between the two layouts (q/k/v and gate/up
+are fused here, separate there).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import artifacts, tokenizer
+from .config import Strict
+from .errors import WorldrepError
+from .seeding import torch_seed
+
+PRESETS: dict[str, dict[str, int]] = {
+    "reference": dict(hidden=128, layers=6, heads=4, intermediate=512),
+    "narrow": dict(hidden=64, layers=6, heads=2, intermediate=256),
+    "wide": dict(hidden=256, layers=6, heads=8, intermediate=1024),
+    "wider": dict(hidden=512, layers=6, heads=16, intermediate=2048),
+    # The reference scaled down until a few hundred CPU steps take seconds.
+    "tiny": dict(hidden=64, layers=2, heads=4, intermediate=256),
+}
+DIMS = ("hidden", "layers", "heads", "kv_heads", "intermediate")
+# What makes two models the same function (init_scale only matters before training).
+ARCH_FIELDS = DIMS + ("vocab", "max_positions", "rope_theta", "rms_eps")
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "worldrep.json"
+
+
+class ModelSpec(Strict):
+    """A preset name, optionally with sizes overridden, or a custom size (preset: null)."""
+
+    preset: Literal["reference", "narrow", "wide", "wider", "tiny"] | None = "reference"
+    hidden: int | None = pydantic.Field(None, gt=0)
+    layers: int | None = pydantic.Field(None, gt=0)
+    heads: int | None = pydantic.Field(None, gt=0)
+    kv_heads: int | None = pydantic.Field(None, gt=0)  # default: heads (no GQA, as the reference)
+    intermediate: int | None = pydantic.Field(None, gt=0)
+    vocab: int = tokenizer.VOCAB_SIZE
+    max_positions: int = pydantic.Field(256, gt=0)
+    rope_theta: float = pydantic.Field(10000.0, gt=0)
+    rms_eps: float = pydantic.Field(1e-6, gt=0)
+    init_scale: float = pydantic.Field(0.1, gt=0)
+
+    @pydantic.model_validator(mode="after")
+    def _resolve(self) -> ModelSpec:
+        base = PRESETS[self.preset] if self.preset else {}
+        for name in ("hidden", "layers", "heads", "intermediate"):
+            if getattr(self, name) is None:
+                if name not in base:
+                    raise ValueError(f"a custom model (preset: null) needs '{name}'; "
+                                     f"set it or use a preset ({', '.join(PRESETS)})")
+                setattr(self, name, base[name])
+        if self.kv_heads is None:
+            self.kv_heads = self.heads
+        if self.vocab != tokenizer.VOCAB_SIZE:
+            raise ValueError(f"vocab must be {tokenizer.VOCAB_SIZE} (the tokenizer's size)")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads "
+                             f"({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head size hidden/heads = {self.head_dim} must be even for RoPE")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def arch(self) -> dict:
+        return {k: getattr(self, k) for k in ARCH_FIELDS}
+
+    @property
+    def n_params(self) -> int:
+        h, i, v, d = self.hidden, self.intermediate, self.vocab, self.head_dim
+        qkv = (self.heads + 2 * self.kv_heads) * d
+        block = 2 * h + qkv * h + qkv + h * self.heads * d + 3 * h * i
+        return 2 * v * h + self.layers * block + h
+
+
+# -- the compact stacked model --------------------------------------------------------------
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF Qwen2RMSNorm over the last dim; x [K, N, H], weight [K, H]."""
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight[:, None, :] * x.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """Per-model x @ W^T (+ b): x [K, N, in], weight [K, out, in] (HF layout), bias [K, out]."""
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, k: int):
+        super().__init__()
+        h, d = spec.hidden, spec.head_dim
+        qkv = (spec.heads + 2 * spec.kv_heads) * d
+        self.ln1 = nn.Parameter(torch.ones(k, h))
+        self.qkv_w = nn.Parameter(torch.zeros(k, qkv, h))
+        self.qkv_b = nn.Parameter(torch.zeros(k, qkv))
+        self.o_w = nn.Parameter(torch.zeros(k, h, spec.heads * d))
+        self.ln2 = nn.Parameter(torch.ones(k, h))
+        self.gate_up_w = nn.Parameter(torch.zeros(k, 2 * spec.intermediate, h))
+        self.down_w = nn.Parameter(torch.zeros(k, h, spec.intermediate))
+        self.spec = spec
+
+    def forward(self, x, b: int, t: int, cos, sin, mask):
+        s = self.spec
+        k, d = x.shape[0], s.head_dim
+        qkv = linear(rms_norm(x, self.ln1, s.rms_eps), self.qkv_w, self.qkv_b)
+        qkv = qkv.view(k, b, t, s.heads + 2 * s.kv_heads, d).permute(0, 1, 3, 2, 4)
+        q, kk, v = qkv.split([s.heads, s.kv_heads, s.kv_heads], dim=2)
+        q, kk, v = (z.reshape(k * b, z.shape[2], t, d) for z in (q, kk, v))
+        q = q * cos + rotate_half(q) * sin
+        kk = kk * cos + rotate_half(kk) * sin
+        gqa = {"enable_gqa": True} if s.kv_heads != s.heads else {}
+        y = F.scaled_dot_product_attention(q, kk, v, attn_mask=mask, is_causal=mask is None,
+                                           **gqa)
+        y = y.view(k, b, s.heads, t, d).transpose(2, 3).reshape(k, b * t, s.heads * d)
+        x = x + linear(y, self.o_w)
+        gate, up = linear(rms_norm(x, self.ln2, s.rms_eps), self.gate_up_w).chunk(2, dim=-1)
+        return x + linear(F.silu(gate) * up, self.down_w)
+
+
+class StackedQwen2(nn.Module):
+    """K independent Qwen2 causal LMs with stacked parameters (leading dim K)."""
+
+    def __init__(self, spec: ModelSpec, k: int = 1):
+        super().__init__()
+        self.spec, self.k = spec, k
+        self.embed = nn.Parameter(torch.zeros(k, spec.vocab, spec.hidden))
+        self.blocks = nn.ModuleList(Block(spec, k) for _ in range(spec.layers))
+        self.norm = nn.Parameter(torch.ones(k, spec.hidden))
+        self.lm_head = nn.Parameter(torch.zeros(k, spec.vocab, spec.hidden))
+        d = spec.head_dim
+        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _rope(self, positions: torch.Tensor, dtype):
+        freqs = positions[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def hidden(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm hidden states [K, B, T, H] of ids [K, B, T].
+
+        Without a mask, attention is causal and rows are right-padded (pads come after every
+        real token, so they never change a real position). With `attention_mask` [K, B, T]
+        (1 = token, 0 = pad, e.g. left padding), pads are hidden from every query and
+        positions count real tokens only, unless `positions` [K, B, T] is given.
+        """
+        k, b, t = ids.shape
+        if k != self.k:
+            raise ValueError(f"ids has {k} models in its first dim, the model stacks {self.k}")
+        offsets = torch.arange(k, device=ids.device)[:, None, None] * self.spec.vocab
+        # reshape, not view: the optimizer may hold the stacked weights as strided views.
+        table = self.embed.reshape(-1, self.spec.hidden)
+        x = F.embedding((ids + offsets).view(k, b * t), table)
+        mask = None
+        if attention_mask is not None:
+            real = attention_mask.bool().view(k * b, 1, 1, t)
+            causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
+            # A pad query may see itself, so its (unused) row never turns into NaN.
+            mask = (causal & real) | torch.eye(t, dtype=torch.bool, device=ids.device)
+            if positions is None:
+                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if positions is None:
+            positions = torch.arange(t, device=ids.device)
+        cos, sin = self._rope(positions.reshape(-1, t) if positions.dim() > 1 else positions,
+                              x.dtype)
+        if cos.dim() == 3:  # per-row positions: [K*B, 1, T, D]
+            cos, sin = cos[:, None], sin[:, None]
+        for block in self.blocks:
+            x = block(x, b, t, cos, sin, mask)
+        return rms_norm(x, self.norm, self.spec.rms_eps).view(k, b, t, -1)
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.hidden(ids, attention_mask, positions)
+        k, b, t, _ = h.shape
+        return linear(h.view(k, b * t, -1), self.lm_head).view(k, b, t, -1)
+
+    def token_loss(self, ids: torch.Tensor, prompt_len: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token cross-entropy [K, B, T-1] of right-padded rows ids [K, B, T], and which
+        positions count: every non-pad target after <bos> (the reference's full-sequence
+        loss), or with `prompt_len` [K, B] only the targets after the answer '=' (<eos>
+        included)."""
+        k, b, t = ids.shape
+        h = self.hidden(ids)[:, :, :-1]
+        logits = linear(h.reshape(k, b * (t - 1), -1), self.lm_head)
+        targets = ids[:, :, 1:]
+        ce = F.cross_entropy(logits.float().reshape(-1, self.spec.vocab), targets.reshape(-1),
+                             reduction="none").view(k, b, t - 1)
+        keep = targets != tokenizer.PAD
+        if prompt_len is not None:
+            keep = keep & (torch.arange(1, t, device=ids.device) >= prompt_len[..., None])
+        return ce, keep
+
+    def loss(self, ids: torch.Tensor, prompt_len: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-model mean token loss [K] (each model averages over its own counted tokens)."""
+        ce, keep = self.token_loss(ids, prompt_len)
+        keep = keep.to(ce.dtype)
+        return (ce * keep).sum((1, 2)) / keep.sum((1, 2)).clamp(min=1)
+
+
+# -- HF names, init and conversion ----------------------------------------------------------
+def hf_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every parameter of Qwen2ForCausalLM by name, in the HF module's order."""
+    h, i, v, d = spec.hidden, spec.intermediate, spec.vocab, spec.head_dim
+    q, kv = spec.heads * d, spec.kv_heads * d
+    shapes = {"model.embed_tokens.weight": (v, h)}
+    for n in range(spec.layers):
+        p = f"model.layers.{n}."
+        shapes.update({
+            p + "self_attn.q_proj.weight": (q, h), p + "self_attn.q_proj.bias": (q,),
+            p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.k_proj.bias": (kv,),
+            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
+            p + "self_attn.o_proj.weight": (h, q),
+            p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+            p + "mlp.down_proj.weight": (h, i),
+            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+        })
+    shapes["model.norm.weight"] = (h,)
+    shapes["lm_head.weight"] = (v, h)
+    return shapes
+
+
+def init_state_dict(spec: ModelSpec, seed: int) -> dict[str, torch.Tensor]:
+    """The reference init in HF names: every Linear and Embedding weight ~ N(0, init_scale^2),
+    biases 0, norm weights 1, drawn in HF parameter order from a generator seeded by `seed`."""
+    g = torch.Generator().manual_seed(torch_seed(seed, "model-init"))
+    state = {}
+    for name, shape in hf_shapes(spec).items():
+        if name.endswith("norm.weight"):
+            state[name] = torch.ones(shape)
+        elif name.endswith(".bias"):
+            state[name] = torch.zeros(shape)
+        else:
+            state[name] = torch.randn(shape, generator=g) * spec.init_scale
+    return state
+
+
+def _block_map(spec: ModelSpec, n: int, block: Block):
+    """(hf name, compact parameter, slice of its per-model tensor) for one layer."""
+    p = f"model.layers.{n}."
+    q, kv, i = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim, spec.intermediate
+    qs, ks, vs = slice(0, q), slice(q, q + kv), slice(q + kv, q + 2 * kv)
+    return [
+        (p + "input_layernorm.weight", block.ln1, slice(None)),
+        (p + "self_attn.q_proj.weight", block.qkv_w, qs),
+        (p + "self_attn.k_proj.weight", block.qkv_w, ks),
+        (p + "self_attn.v_proj.weight", block.qkv_w, vs),
+        (p + "self_attn.q_proj.bias", block.qkv_b, qs),
+        (p + "self_attn.k_proj.bias", block.qkv_b, ks),
+        (p + "self_attn.v_proj.bias", block.qkv_b, vs),
+        (p + "self_attn.o_proj.weight", block.o_w, slice(None)),
+        (p + "post_attention_layernorm.weight", block.ln2, slice(None)),
+        (p + "mlp.gate_proj.weight", block.gate_up_w, slice(0, i)),
+        (p + "mlp.up_proj.weight", block.gate_up_w, slice(i, 2 * i)),
+        (p + "mlp.down_proj.weight", block.down_w, slice(None)),
+    ]
+
+
+def _name_map(model: StackedQwen2):
+    pairs = [("model.embed_tokens.weight", model.embed, slice(None))]
+    for n, block in enumerate(model.blocks):
+        pairs += _block_map(model.spec, n, block)
+    pairs += [("model.norm.weight", model.norm, slice(None)),
+              ("lm_head.weight", model.lm_head, slice(None))]
+    return pairs
+
+
+def to_hf_state_dict(model: StackedQwen2, k: int = 0) -> dict[str, torch.Tensor]:
+    """Model k's weights under Qwen2ForCausalLM's names (fp32, CPU, contiguous copies)."""
+    return {name: param.detach()[k, part].float().cpu().contiguous()
+            for name, param, part in _name_map(model)}
+
+
+@torch.no_grad()
+def load_hf_state_dict(model: StackedQwen2, state: dict[str, torch.Tensor], k: int = 0) -> None:
+    """Copy Qwen2ForCausalLM weights (by HF name) into model slot k."""
+    expected = hf_shapes(model.spec)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise WorldrepError(f"weights do not fit the model {model.spec.arch()}: missing "
+                            f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
+                            f"{extra[:3]}{'...' if len(extra) > 3 else ''}")
+    for name, param, part in _name_map(model):
+        value = state[name]
+        if tuple(value.shape) != expected[name]:
+            raise WorldrepError(f"weight {name} has shape {tuple(value.shape)}, the model needs "
+                                f"{expected[name]}")
+        param[k, part].copy_(value)
+
+
+def init_model(spec: ModelSpec, seeds: list[int] | int, device=None) -> StackedQwen2:
+    """A stacked model whose slot k holds the reference init drawn from seeds[k]."""
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    model = StackedQwen2(spec, k=len(seeds))
+    for k, seed in enumerate(seeds):
+        load_hf_state_dict(model, init_state_dict(spec, seed), k)
+    return model.to(device) if device is not None else model
+
+
+def from_hf(source, spec: ModelSpec | None = None) -> StackedQwen2:
+    """A K=1 compact model from a Qwen2ForCausalLM module or a state dict (+ spec)."""
+    if isinstance(source, nn.Module):
+        spec = spec or spec_from_hf_config(source.config.to_dict())
+        source = source.state_dict()
+    if spec is None:
+        raise WorldrepError("from_hf needs the model spec when given a bare state dict")
+    model = StackedQwen2(spec, k=1)
+    load_hf_state_dict(model, source)
+    return model
+
+
+def to_hf(model: StackedQwen2, k: int = 0):
+    """Model k as a Qwen2ForCausalLM (fp32, eval mode, on the model's device)."""
+    from transformers import Qwen2ForCausalLM
+
+    hf = Qwen2ForCausalLM(hf_config(model.spec))
+    hf.load_state_dict(to_hf_state_dict(model, k))
+    return hf.to(model.embed.device).eval()
+
+
+def stack(models: list[StackedQwen2]) -> StackedQwen2:
+    """One stacked model holding the given models' slots in order (same architecture)."""
+    spec = models[0].spec
+    if any(m.spec.arch() != spec.arch() for m in models):
+        raise WorldrepError("only models of one architecture can be stacked")
+    out = StackedQwen2(spec, k=sum(m.k for m in models))
+    with torch.no_grad():
+        for dst, *srcs in zip(out.parameters(), *(m.parameters() for m in models), strict=True):
+            dst.copy_(torch.cat([s.detach().cpu() for s in srcs]))
+    return out
+
+
+def select(model: StackedQwen2, k: int) -> StackedQwen2:
+    """Slot k of a stacked model as a K=1 model (a copy)."""
+    out = StackedQwen2(model.spec, k=1)
+    with torch.no_grad():
+        for dst, src in zip(out.parameters(), model.parameters(), strict=True):
+            dst.copy_(src.detach()[k:k + 1].cpu())
+    return out
+
+
+# -- HF checkpoints -------------------------------------------------------------------------
+def hf_config(spec: ModelSpec):
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads, max_position_embeddings=spec.max_positions,
+        rope_parameters={"rope_type": "default", "rope_theta": float(spec.rope_theta)},
+        rms_norm_eps=spec.rms_eps, hidden_act="silu", tie_word_embeddings=False,
+        initializer_range=spec.init_scale, pad_token_id=tokenizer.PAD,
+        bos_token_id=tokenizer.BOS, eos_token_id=tokenizer.EOS)
+    config.architectures = ["Qwen2ForCausalLM"]
+    config.dtype = "float32"
+    return config
+
+
+def spec_from_hf_config(config: dict, where: str = "checkpoint") -> ModelSpec:
+    """The ModelSpec of a Qwen2 config.json; options worldrep does not model are errors."""
+    archs = config.get("architectures") or ["Qwen2ForCausalLM"]
+    if config.get("model_type") != "qwen2" or archs != ["Qwen2ForCausalLM"]:
+        raise WorldrepError(f"{where}: not a Qwen2ForCausalLM checkpoint (model_type "
+                            f"{config.get('model_type')!r}, architectures {archs})")
+    rope = config.get("rope_parameters") or {}
+    rope_theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    unsupported = {
+        "tie_word_embeddings": config.get("tie_word_embeddings", False),
+        "use_sliding_window": config.get("use_sliding_window", False),
+        "rope_type other than default": rope.get("rope_type", "default") != "default",
+        "hidden_act other than silu": config.get("hidden_act", "silu") != "silu",
+    }
+    bad = [name for name, on in unsupported.items() if on]
+    if bad:
+        raise WorldrepError(f"{where}: unsupported Qwen2 options: {', '.join(bad)}")
+    return ModelSpec(
+        preset=None, hidden=config["hidden_size"], layers=config["num_hidden_layers"],
+        heads=config["num_attention_heads"],
+        kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+        intermediate=config["intermediate_size"], vocab=config["vocab_size"],
+        max_positions=config["max_position_embeddings"], rope_theta=rope_theta,
+        rms_eps=config.get("rms_norm_eps", 1e-6),
+        init_scale=config.get("initializer_range", 0.1))
+
+
+def save_checkpoint(model: StackedQwen2, out: str | Path, k: int = 0,
+                    info: dict | None = None) -> Path:
+    """Write model k as an HF Qwen2 directory (atomically: temp dir, then rename)."""
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    state = to_hf_state_dict(model, k)
+    with artifacts.artifact_dir(out) as tmp:
+        hf_config(model.spec).save_pretrained(tmp)
+        GenerationConfig(bos_token_id=tokenizer.BOS, eos_token_id=tokenizer.EOS,
+                         pad_token_id=tokenizer.PAD, do_sample=False).save_pretrained(tmp)
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        tokenizer.save_hf_tokenizer(tmp)
+        payload = {"model": model.spec.model_dump(mode="json"), **(info or {})}
+        (tmp / INFO_FILE).write_text(json.dumps(payload, indent=1))
+    return Path(out)
+
+
+def read_checkpoint_spec(path: str | Path) -> ModelSpec:
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise WorldrepError(f"no model checkpoint at {path} (needs config.json and "
+                            f"{WEIGHTS_FILE})")
+    return spec_from_hf_config(json.loads((path / "config.json").read_text()), where=str(path))
+
+
+def load_checkpoint(path: str | Path, device=None) -> StackedQwen2:
+    """A K=1 compact model from an HF Qwen2 checkpoint directory."""
+    from safetensors.torch import load_file
+
+    spec = read_checkpoint_spec(path)
+    model = StackedQwen2(spec, k=1)
+    load_hf_state_dict(model, load_file(str(Path(path) / WEIGHTS_FILE)))
+    return model.to(device) if device is not None else model
+
+
+def describe(spec: ModelSpec) -> str:
+    return (f"Qwen2 hidden {spec.hidden}, {spec.layers} layers, {spec.heads} heads "
+            f"({spec.kv_heads} kv), MLP {spec.intermediate}: "
+            f"{spec.n_params / 1e6:.2f}M parameters")
+
+
+def param_count(model: StackedQwen2) -> int:
+    return sum(math.prod(p.shape[1:]) for p in model.parameters())

@@ -1,0 +1,357 @@
+"""The training loop: it learns, resumes bit-identically, writes HF checkpoints, validates."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from worldrep import artifacts
+from worldrep.data import DatasetSpec, load_split, make_dataset
+from worldrep.errors import WorldrepError
+from worldrep.model import ModelSpec, StackedQwen2, init_model, load_checkpoint
+from worldrep.train import (
+    AdamW,
+    Batcher,
+    Cadence,
+    Rows,
+    Runtime,
+    Stepper,
+    TrainSpec,
+    load_spec,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_YAML = REPO / "configs" / "train" / "tiny.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not stall on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_data(world, tmp_path_factory) -> Path:
+    """100 distance rows among 16 big cities: small enough to memorise in seconds."""
+    top = world.cities.sort_values("population", ascending=False).head(16)["city_id"]
+    pool = "ids:" + ",".join(str(i) for i in top)
+    spec = DatasetSpec(task="distance", n_train=100, n_val=10, n_test=10, pool=pool, seed=1)
+    return make_dataset(world, spec, tmp_path_factory.mktemp("data") / "dist16")
+
+
+def quick_spec(data: Path, **changes) -> TrainSpec:
+    base = dict(data=str(data), model={"preset": "tiny"}, batch_size=16, steps=60,
+                optimizer={"lr": 3e-3, "warmup_steps": 5}, checkpoints={"every": 20},
+                eval={"every": 30, "rows_per_task": 8}, progress=False)
+    base.update(changes)
+    return TrainSpec(**base)
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "full"
+    train(quick_spec(small_data), out)
+    return out
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).state_dict()
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- the optimizer and the step ---------------------------------------------------------------
+def test_adamw_matches_torch_adamw_clipping_and_linear_schedule():
+    spec = ModelSpec(preset="tiny")
+    ours, ref = init_model(spec, 1), init_model(spec, 1)
+    opt = AdamW(ours, lr=1e-2, total_steps=8, warmup_steps=3, weight_decay=0.1, grad_clip=0.5)
+    decay = [p for p in ref.parameters() if p.dim() >= 3]
+    rest = [p for p in ref.parameters() if p.dim() < 3]
+    torch_opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                   {"params": rest, "weight_decay": 0.0}], lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        torch_opt, lambda s: s / 3 if s < 3 else max(0.0, (8 - s) / 5))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        ids = torch.randint(4, 98, (1, 8, 12), generator=g)
+        ref.loss(ids).sum().backward()
+        norm = opt.update([p.grad.clone() for p in ref.parameters()])  # the same gradients
+        assert torch.allclose(norm, torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5))
+        torch_opt.step()
+        sched.step()
+        torch_opt.zero_grad()
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_stacked_step_keeps_per_model_lr_schedule_and_clipping():
+    spec = ModelSpec(preset="tiny")
+    settings = [dict(lr=1e-3, warmup_steps=0, grad_clip=None, weight_decay=0.0),
+                dict(lr=5e-3, warmup_steps=2, grad_clip=0.1, weight_decay=0.05)]
+    stacked = init_model(spec, [1, 2])
+    opt = AdamW(stacked, total_steps=[5, 9], **{k: [s[k] for s in settings] for k in settings[0]})
+    rt = Runtime.of(TrainSpec(data="-", device="cpu"))
+    step = Stepper(stacked, opt, rt)
+    singles = [init_model(spec, seed) for seed in (1, 2)]
+    single_steps = [Stepper(m, AdamW(m, total_steps=t, **s), rt)
+                    for m, t, s in zip(singles, [5, 9], settings, strict=True)]
+    g = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        ids = torch.randint(4, 98, (2, 6, 10), generator=g)
+        plen = torch.full((2, 6), 5)
+        step(ids, plen)
+        for k, s in enumerate(single_steps):
+            s(ids[k:k + 1], plen[k:k + 1])
+    loss, norm, _ = step.flush()
+    for k, (m, s) in enumerate(zip(singles, single_steps, strict=True)):
+        one_loss, one_norm, _ = s.flush()
+        assert np.allclose(loss[k], one_loss[0], atol=1e-6)
+        assert np.allclose(norm[k], one_norm[0], rtol=1e-5)
+        for a, b in zip(stacked.parameters(), m.parameters(), strict=True):
+            assert torch.allclose(a[k], b[0], atol=1e-6)
+
+
+def test_answer_only_loss_counts_answer_tokens():
+    model = init_model(ModelSpec(preset="tiny"), 0)
+    rows = Rows.from_texts(["dist(c_0001,c_0002)=15", "dist(c_0003,c_0004)=2"], [21, 21])
+    ids = rows.ids.long()[None]
+    ce, keep = model.token_loss(ids, torch.from_numpy(rows.prompt_len)[None])
+    # targets after '=': "15<eos>" and "2<eos>"
+    assert keep.sum().item() == 5
+    full_ce, full_keep = model.token_loss(ids)
+    assert full_keep.sum().item() == int(rows.lengths.sum()) - 2
+    assert torch.allclose(model.loss(ids, torch.tensor([[21, 21]])),
+                          (ce * keep).sum() / keep.sum())
+
+
+def test_batcher_visits_every_row_once_per_epoch_in_seeded_order():
+    texts = [f"dist(c_{i:04d},c_0001)={i % 997}" for i in range(50)]
+    rows = Rows.from_texts(texts, [20] * 50)
+    batcher = Batcher(rows, batch_size=16, seed=5)
+    assert batcher.per_epoch == 4
+    seen = []
+    for step in range(4):
+        ids, plen, tokens = batcher.get(step)
+        assert ids.shape[1] == int((ids != 0).sum(1).max())  # padded to its longest row
+        assert tokens == int((ids != 0).sum())
+        seen.append(ids)
+    assert [len(b) for b in seen] == [16, 16, 16, 2]  # the last batch is short, not dropped
+    visited = sorted(tuple(r[r != 0].tolist()) for b in seen for r in b)
+    assert visited == sorted(tuple(r[r != 0].tolist()) for r in rows.ids.long())
+    again = Batcher(rows, batch_size=16, seed=5)
+    assert torch.equal(again.get(5)[0], batcher.get(5)[0])  # same order, even out of sequence
+    assert not np.array_equal(batcher.order(0), batcher.order(1))
+    static = Batcher(rows, batch_size=16, seed=5, pad_multiple=8, static=True)
+    ids, plen, _ = static.get(3)
+    assert ids.shape == (16, 24) and (ids[2:] == 0).all()
+
+
+def test_cadence_fractions_round_up_like_hf():
+    assert min(Cadence(every=0.025).steps(328_146, "checkpoints")) == 8204
+    assert min(Cadence(every=0.005).steps(328_146, "eval")) == 1641
+    assert Cadence(every=20, at=[5]).steps(60, "c") == {5, 20, 40, 60}
+    with pytest.raises(WorldrepError, match="outside this run"):
+        Cadence(at=[100]).steps(60, "checkpoints")
+
+
+# -- whole runs -------------------------------------------------------------------------------
+def test_tiny_model_learns_small_distance_dataset(small_data, tmp_path):
+    spec = load_spec(TINY_YAML, data=str(small_data), steps=150, batch_size=32,
+                     progress=False)
+    spec.checkpoints.every = None
+    final = train(spec, tmp_path / "run")
+    losses = [r["loss"] for r in records(tmp_path / "run") if "loss" in r]
+    assert losses[-1] < 0.3 * losses[0]
+    # Greedy answers are exact iff every answer token is the argmax given the true prefix.
+    frame = load_split(small_data, "train")
+    rows = Rows.from_texts(frame["text"].to_numpy(), frame["prompt_len"].to_numpy())
+    ids = rows.ids.long()
+    with torch.no_grad():
+        pred = load_checkpoint(final).eval()(ids[None])[0].argmax(-1)
+    pos = torch.arange(1, ids.shape[1])
+    answer = (pos >= torch.from_numpy(rows.prompt_len)[:, None]) & (ids[:, 1:] != 0)
+    right = (pred[:, :-1] == ids[:, 1:]) | ~answer
+    exact = right.all(1).float().mean().item()
+    # Chance: the most common token at each answer position.
+    targets = ids[:, 1:][answer]
+    offset = (pos.expand_as(answer) - torch.from_numpy(rows.prompt_len)[:, None])[answer]
+    chance = sum(torch.bincount(targets[offset == j]).max().item()
+                 for j in offset.unique()) / len(targets)
+    token_acc = (pred[:, :-1] == ids[:, 1:])[answer].float().mean().item()
+    assert token_acc > chance + 0.3 and exact > 0.6, (token_acc, chance, exact)
+
+
+def test_interrupted_run_resumes_to_identical_weights(small_data, finished_run, tmp_path,
+                                                      monkeypatch):
+    calls = {"n": 0}
+    original = Stepper.__call__
+
+    def interrupt_at_47(self, ids, plen):
+        calls["n"] += 1
+        if calls["n"] == 47:
+            raise KeyboardInterrupt
+        return original(self, ids, plen)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Stepper, "__call__", interrupt_at_47)
+    with pytest.raises(KeyboardInterrupt):
+        train(quick_spec(small_data), out)
+    monkeypatch.setattr(Stepper, "__call__", original)
+    assert not artifacts.is_complete(out) and not (out / "checkpoints" / "final").exists()
+    assert torch.load(out / "resume" / "state.pt", weights_only=True)["step"] == 40
+    final = train(quick_spec(small_data), out)
+    want, got = weights(finished_run / "checkpoints" / "final"), weights(final)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    steps = [r["step"] for r in records(out) if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 60
+    assert artifacts.is_complete(out)
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_to_identical_weights(small_data, finished_run, tmp_path):
+    out = tmp_path / "run"
+    spec = quick_spec(small_data)
+    (tmp_path / "spec.yaml").write_text(json.dumps(spec.model_dump(mode="json")))
+    proc = subprocess.Popen([sys.executable, "-m", "worldrep.cli", "train",
+                             str(tmp_path / "spec.yaml"), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "checkpoint-20").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not artifacts.is_complete(out)
+    final = train(spec, out)
+    want, got = weights(finished_run / "checkpoints" / "final"), weights(final)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_run_directory_holds_hf_checkpoints_metrics_and_curves(small_data, finished_run):
+    ckpts = sorted(p.name for p in (finished_run / "checkpoints").iterdir())
+    assert ckpts == ["checkpoint-0", "checkpoint-20", "checkpoint-40", "checkpoint-60", "final"]
+    hf = AutoModelForCausalLM.from_pretrained(finished_run / "checkpoints" / "final").eval()
+    compact = load_checkpoint(finished_run / "checkpoints" / "final")
+    ids = torch.tensor([[2, 61, 66, 76, 77, 11, 60, 56, 88, 88, 88, 89]])
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, compact(ids[None])[0], atol=1e-4)
+    log = records(finished_run)
+    evals = [r for r in log if r.get("kind") == "eval"]
+    assert [r["step"] for r in evals] == [0, 30, 60]
+    assert all("loss/distance" in r and "answer_loss/distance" in r for r in evals)
+    train_lines = [r for r in log if "loss" in r]
+    assert {"lr", "grad_norm", "steps_per_s", "tokens_per_s"} <= train_lines[-1].keys()
+    assert (finished_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert artifacts.read_manifest(finished_run)["kind"] == "train"
+    # Running a finished spec again does nothing.
+    before = (finished_run / "metrics.jsonl").read_text()
+    train(quick_spec(small_data), finished_run)
+    assert (finished_run / "metrics.jsonl").read_text() == before
+
+
+def test_fine_tuning_starts_from_checkpoint(small_data, finished_run, tmp_path):
+    start = finished_run / "checkpoints" / "final"
+    spec = quick_spec(small_data, model=None, init_from=str(start), optimizer={}, steps=3,
+                      checkpoints={}, eval={"every": None})
+    final = train(spec, tmp_path / "ft")
+    saved = json.loads((tmp_path / "ft" / "run.json").read_text())["spec"]
+    assert saved["optimizer"]["lr"] == 1e-5 and saved["model"]["preset"] is None
+    first = weights(tmp_path / "ft" / "checkpoints" / "checkpoint-0")
+    assert all(torch.equal(v, weights(start)[k]) for k, v in first.items())
+    assert not all(torch.equal(v, weights(final)[k]) for k, v in first.items())
+    wrong = quick_spec(small_data, init_from=str(start), model={"preset": "reference"})
+    with pytest.raises(WorldrepError, match="does not match the init_from checkpoint.*hidden"):
+        train(wrong, tmp_path / "ft2")
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(small_data, tmp_path,
+                                                                  monkeypatch):
+    original = StackedQwen2.loss
+    calls = {"n": 0}
+
+    def poisoned(self, ids, prompt_len=None):
+        calls["n"] += 1
+        loss = original(self, ids, prompt_len)
+        return loss * math.nan if calls["n"] > 25 else loss
+
+    monkeypatch.setattr(StackedQwen2, "loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(WorldrepError, match=r"diverged.*NaN/inf.*checkpoint-20"):
+        train(quick_spec(small_data, eval={"every": None}), out)
+    assert (out / "checkpoints" / "checkpoint-20").is_dir()
+    assert torch.isfinite(weights(out / "checkpoints" / "checkpoint-20")["lm_head"]).all()
+    assert not (out / "checkpoints" / "final").exists() and not artifacts.is_complete(out)
+
+
+def test_yaml_spec_and_overrides(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("data: somewhere\noptimizer: {lr: 3e-4}\nepochs: 3\n")
+    spec = load_spec(path, steps=7)
+    assert spec.optimizer.lr == 3e-4 and spec.steps == 7 and spec.epochs is None
+    tiny = load_spec(TINY_YAML, data="d")
+    reference = load_spec(REPO / "configs" / "train" / "reference.yaml", data="d")
+    assert tiny.model.preset == "tiny" and reference.model.n_params == 1_601_920
+    assert (reference.batch_size, reference.epochs, reference.optimizer.warmup_steps) == \
+        (128, 42, 50)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"epochs": 2, "steps": 5}, "epochs or steps, not both"),
+    ({"optimizer": {"lr": -1}}, "optimizer.lr"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"loss": "prompt"}, "'loss'"),
+    ({"lr": 0.1}, "unknown key 'lr'"),
+    ({"checkpoints": {"every": 10, "at": [1000]}}, "outside this run"),
+    ({"cuda_graphs": True, "device": "cpu"}, "cuda_graphs needs a CUDA device"),
+])
+def test_spec_errors(small_data, tmp_path, fields, message):
+    from worldrep.config import parse_config
+
+    with pytest.raises(WorldrepError, match=message):
+        spec = parse_config(TrainSpec, {"data": str(small_data), "progress": False, **fields})
+        train(spec, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_data_and_foreign_out_dir(small_data, finished_run, tmp_path):
+    with pytest.raises(WorldrepError, match="names no data"):
+        load_spec(TINY_YAML)
+    other = quick_spec(small_data, seed=3)
+    with pytest.raises(WorldrepError, match="finished training run of a different spec"):
+        train(other, finished_run)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("x")
+    with pytest.raises(WorldrepError, match="not a worldrep training run"):
+        train(other, tmp_path / "junk")
+
+
+def test_cli_train(small_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from worldrep.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(TINY_YAML), "--data", str(small_data),
+                                 "--out", str(out), "--steps", "4"])
+    assert result.exit_code == 0, result.output
+    assert "final checkpoint" in result.output and (out / "checkpoints" / "final").is_dir()
+    assert json.loads((out / "run.json").read_text())["total_steps"] == 4
+    result = runner.invoke(app, ["train", str(TINY_YAML), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "names no data" in result.output
