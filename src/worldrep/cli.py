@@ -101,6 +101,25 @@ def data_mix(
 
 
 # --- train and eval commands ------------------------------------------------------------
+@app.command("train")
+@friendly
+def train_cmd(
+    spec: Annotated[Path, typer.Argument(help="training spec YAML, e.g. configs/train/tiny.yaml")],
+    data: Annotated[Path | None, typer.Option(help="dataset or mixture directory")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="HF checkpoint to fine-tune")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<spec name>)")
+                   ] = None,
+    steps: Annotated[int | None, typer.Option(help="train this many steps (replaces epochs)")
+                     ] = None,
+):
+    """Train (or resume) a model; the final checkpoint is OUT/checkpoints/final."""
+    from .train import load_spec, train
+
+    cfg = load_spec(spec, data=str(data) if data else None,
+                    init_from=str(init_from) if init_from else None, steps=steps)
+    final = train(cfg, out or Path("runs") / spec.stem)
+    typer.echo(f"final checkpoint: {final}")
+
 
 
 # --- analyze commands -------------------------------------------------------------------
