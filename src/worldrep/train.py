@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,7 @@ from .seeding import rng as make_rng
 PRETRAIN_LR, FINETUNE_LR = 3e-4, 1e-5
 RUN_FILE, METRICS_FILE, CURVES_FILE = "run.json", "metrics.jsonl", "curves.png"
 RESUME_FILE = Path("resume") / "state.pt"
+CURVE_METRICS = ("mean_error", "accuracy", "mean_score", "valid_rate")  # panels besides loss
 CURVES_EVERY_S = 60  # redraw curves.png at a checkpoint at most this often (and at the end)
 
 
@@ -423,10 +425,15 @@ class Stepper:
                  answer_only: bool = False):
         self.model, self.opt, self.rt = model, opt, runtime
         self.answer_only = answer_only
-        self.loss_fn = model.loss
+
+        def loss_fn(ids, plen):
+            with runtime.autocast_ctx():
+                return model.loss(ids, plen)
+
+        self.loss_fn = loss_fn
         if runtime.compile:
             _raise_compile_limit()
-            self.loss_fn = torch.compile(model.loss, dynamic=False)
+            self.loss_fn = torch.compile(loss_fn, dynamic=False)
         device = opt.flat.device
         self.sums = torch.zeros(2, model.k, device=device)  # loss, grad norm
         self.count = 0
@@ -434,8 +441,7 @@ class Stepper:
         self.pool = None
 
     def _math(self, ids: torch.Tensor, plen: torch.Tensor) -> None:
-        with self.rt.autocast_ctx():
-            loss = self.loss_fn(ids, plen if self.answer_only else None)
+        loss = self.loss_fn(ids, plen if self.answer_only else None)
         grads = torch.autograd.grad(loss.sum(), self.opt.params)
         norm = self.opt.update(grads)
         with torch.no_grad():
@@ -450,30 +456,34 @@ class Stepper:
         key = tuple(ids.shape)
         if key not in self.graphs:
             self.graphs[key] = self._capture(ids, plen)
-        graph, ids_buf, plen_buf = self.graphs[key]
+        replay, ids_buf, plen_buf = self.graphs[key]
         ids_buf.copy_(ids)
         plen_buf.copy_(plen)
-        graph.replay()
+        replay()
 
     def _capture(self, ids: torch.Tensor, plen: torch.Tensor):
         ids_buf, plen_buf = ids.clone(), plen.clone()
         state = self.opt.state_tensors() + [self.sums]
         saved = [t.clone() for t in state]
-        # Warm-up steps compile and autotune outside the capture; their effect is undone.
+        replay = self._record(lambda: self._math(ids_buf, plen_buf))
+        with torch.no_grad():  # undo the warm-up steps
+            for t, s in zip(state, saved, strict=True):
+                t.copy_(s)
+        return replay, ids_buf, plen_buf
+
+    def _record(self, step_fn):
+        """Warm up (compile, autotune) on a side stream, then capture one step as a graph."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self._math(ids_buf, plen_buf)
+                step_fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            self._math(ids_buf, plen_buf)
+            step_fn()
         self.pool = graph.pool()
-        with torch.no_grad():
-            for t, s in zip(state, saved, strict=True):
-                t.copy_(s)
-        return graph, ids_buf, plen_buf
+        return graph.replay
 
     def flush(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Mean loss and grad norm per model since the last flush (syncs with the device)."""
@@ -546,7 +556,13 @@ class Evaluator:
         try:
             metrics = self.losses(model)
             if self.generation_hook is not None and len(self.frame):
-                metrics.update(self.generation_hook(model, self.frame, self.world))
+                try:
+                    world = self.world
+                except WorldrepError as err:  # e.g. the dataset's world was moved away
+                    warnings.warn(f"generation metrics off: {err}", stacklevel=2)
+                    self.generation_hook = None
+                else:
+                    metrics.update(self.generation_hook(model, self.frame, world))
         finally:
             model.train(was_training)
         return metrics
@@ -667,7 +683,7 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(name.split("/")[0], []).append(name)
-    panels = ["loss"] + [g for g in groups if g not in ("loss", "answer_loss")]
+    panels = ["loss"] + [g for g in CURVE_METRICS if g in groups]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     ax = axes[0, 0]
     if train:
@@ -681,7 +697,7 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
         for name in groups[group]:
             pts = [(r["step"], r[name]) for r in evals if name in r]
             ax.plot(*zip(*pts, strict=True), marker=".", label=name.split("/", 1)[1])
-        ax.set(xlabel="step", title=group)
+        ax.set(xlabel="step", title=group, yscale="log" if group == "mean_error" else "linear")
         ax.legend(fontsize=7)
     fig.tight_layout()
     tmp = out_png.with_name(f".{out_png.stem}.tmp-{os.getpid()}.png")
@@ -691,6 +707,15 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
 
 
 # -- the stage function ------------------------------------------------------------------------
+def _train_rows(data_dir: str) -> int:
+    from .data import dataset_meta
+
+    if not artifacts.is_complete(data_dir):
+        raise WorldrepError(f"no finished dataset at {data_dir} (missing manifest.json); "
+                            "make one with `worldrep data make` or `worldrep data mix`")
+    return int(dataset_meta(data_dir)["sizes"]["train"])
+
+
 def _data_hash(data_dir: str) -> str | None:
     path = Path(data_dir)
     return artifacts.read_manifest(path).get("hash") if artifacts.is_complete(path) else None
@@ -713,17 +738,14 @@ def train(spec: TrainSpec, out: str | Path) -> Path:
     rt = Runtime.of(spec)
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    max_positions = (spec.model or ModelSpec()).max_positions
-    if spec.init_from:
-        max_positions = read_checkpoint_spec(spec.init_from).max_positions
-    rows = load_rows(spec.data, "train", max_positions, rt.device)
-    plan = resolve(spec, len(rows), _data_hash(spec.data))
+    plan = resolve(spec, _train_rows(spec.data), _data_hash(spec.data))
     spec = plan.spec
     identity = plan.identity()
     digest = artifacts.spec_hash(identity)
     finished = _check_out(out, identity)
     if finished is not None:
         return finished
+    rows = load_rows(spec.data, "train", spec.model.max_positions, rt.device)
     out.mkdir(parents=True, exist_ok=True)
     artifacts.write_json_atomic(out / RUN_FILE, {"hash": digest, **identity})
     artifacts.write_spec(out, spec.model_dump(mode="json"))
@@ -733,7 +755,8 @@ def train(spec: TrainSpec, out: str | Path) -> Path:
     opt = AdamW(model, o.lr, plan.total, o.warmup_steps, o.weight_decay, o.betas, o.eps,
                 o.grad_clip)
     step = _load_resume(out, opt, digest)
-    log = MetricsLog(out / METRICS_FILE, keep_through=step)
+    # Lines after the resumed checkpoint are redone; a fresh start redoes everything.
+    log = MetricsLog(out / METRICS_FILE, keep_through=step if step else -1)
     evaluator = Evaluator(spec, rt)
     loop = _Loop(plan, rt, out, model, opt, evaluator, log, digest)
     if step == 0:
