@@ -1,8 +1,9 @@
 """Running a study's steps: what is missing, in dependency order, on some executor.
 
 The scheduler (`run_study`) is the same for every executor: it finds the steps whose inputs are
-done, groups them into units (`executable_units`, one step per unit today; packing compatible
-training runs will group them there), and hands units to a backend:
+done, groups them into units (`executable_units`: one step per unit, or with `pack: auto`
+compatible training runs as one packed unit, see worldrep.packplan), and hands units to a
+backend:
 
 - `InProcess`: one after the other in this process;
 - `ProcessPool`: `--jobs N` worker processes;
@@ -108,13 +109,21 @@ def run_step(job: StepJob) -> Outcome:
 
 
 def run_unit(unit: list[StepJob]) -> list[Outcome]:
+    if len(unit) > 1 and all(job.kind == "train" for job in unit):
+        from .packplan import run_packed_unit
+
+        return run_packed_unit(unit)
     return [run_step(job) for job in unit]
 
 
-def executable_units(ready: list[StepJob]) -> list[list[StepJob]]:
-    """Which ready steps run together. The grouping point for packing several training runs
-    into one unit; today every step is its own unit."""
-    return [[job] for job in ready]
+def executable_units(ready: list[StepJob], study: Study | None = None) -> list[list[StepJob]]:
+    """Which ready steps run together: with the study's `pack: auto`, compatible training
+    runs form one packed unit (worldrep.packplan); every other step is its own unit."""
+    if study is None or study.pack != "auto":
+        return [[job] for job in ready]
+    from .packplan import group_jobs
+
+    return group_jobs(ready, study)
 
 
 # -- backends ---------------------------------------------------------------------------------
@@ -336,7 +345,7 @@ def _submit_ready(study, jobs, todo, done, submitted, active, backend, log) -> b
     ready = [n for n in todo if n not in submitted and _can_start(
         study.steps[n].deps, done, submitted, backend.graph)]
     free = max(0, backend.capacity - len(active))
-    units = executable_units([jobs[n] for n in ready])[:free]
+    units = executable_units([jobs[n] for n in ready], study)[:free]
     for unit in units:
         after = _handles(submitted, (d for j in unit for d in study.steps[j.name].deps
                                      if d not in done))

@@ -549,13 +549,20 @@ class TrainKind(StepKind):
         spec["eval"] = _scale_cadence(spec["eval"], s)
         return spec
 
-    def run(self, spec, inputs, out):
-        from .train import TrainSpec, train
+    def train_spec(self, spec, inputs):
+        """The TrainSpec of a step, its data and init_from resolved to directories (a packed
+        unit of train steps builds them too)."""
+        from .train import TrainSpec
 
         fields = dict(spec, data=str(inputs[spec["data"]]))
         if spec["init_from"]:
             fields["init_from"] = str(inputs[spec["init_from"]] / "checkpoints" / "final")
-        train(TrainSpec.model_validate(fields), out)
+        return TrainSpec.model_validate(fields)
+
+    def run(self, spec, inputs, out):
+        from .train import train
+
+        train(self.train_spec(spec, inputs), out)
 
 
 class EvalStep(Strict):

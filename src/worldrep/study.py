@@ -24,7 +24,7 @@ import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 
@@ -65,6 +65,9 @@ class StudyFile(Strict):
     templates: dict[str, dict] = pydantic.Field(default_factory=dict)
     defaults: dict[str, dict] = pydantic.Field(default_factory=dict)
     resources: dict[str, Resources] = pydantic.Field(default_factory=dict)
+    # auto: train compatible runs that are ready together as one pack (worldrep.packplan)
+    pack: Literal["auto", "off"] = "off"
+    pack_limit: int = pydantic.Field(42, ge=1)  # at most this many runs in one pack
     world: dict | None = None
     worlds: list[dict] = pydantic.Field(default_factory=list)
     datasets: list[dict] = pydantic.Field(default_factory=list)
@@ -100,6 +103,8 @@ class Study:
     plugins: list[str]
     description: str = ""
     out: str | None = None
+    pack: str = "off"
+    pack_limit: int = 42
 
     def default_out(self) -> Path:
         base = Path(self.out) if self.out else Path("out") / self.name
@@ -146,7 +151,7 @@ def load_study(path: str | Path, scale: float = 1.0) -> Study:
     steps = builder.link()
     return Study(name=sf.name or path.stem, path=path, scale=scale, steps=steps,
                  resources=sf.resources, plugins=sf.plugins, description=sf.description,
-                 out=sf.out)
+                 out=sf.out, pack=sf.pack, pack_limit=sf.pack_limit)
 
 
 def import_plugins(modules: list[str]) -> None:
@@ -297,4 +302,8 @@ def format_plan(study: Study, states: dict[str, str] | None = None) -> str:
         state = f"{states[s.name]:<8} " if states else ""
         reads = f"  <- {', '.join(s.deps)}" if s.deps else ""
         lines.append(f"  {state}{s.kind:<8} {s.name:<{width}}  {s.hash}{reads}")
+    if study.pack == "auto":
+        from .packplan import format_packs
+
+        lines.append(format_packs(study))
     return "\n".join(lines)

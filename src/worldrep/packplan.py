@@ -1,0 +1,234 @@
+"""Which training steps of a study train together as one pack (`pack: auto`), and why.
+
+With `pack: auto` in a study file, the runner hands compatible training steps that are ready
+at the same time to `worldrep.packing` as one unit. Runs are compatible when they share
+
+  - the architecture (the run's `model`, or that of the run it starts from: `init_from`),
+  - the total number of steps (`steps`, or `epochs` x ceil(training rows / batch size)),
+  - the batch size,
+  - the device settings (device, precision, compile, cuda_graphs, pad_multiple, threads),
+  - AdamW's betas and eps (one update serves the whole pack);
+
+learning rate, schedule, clipping, weight decay, seed, data, loss and init_from may differ.
+At most `pack_limit` runs share a pack; a larger group is split into near-equal packs.
+
+`worldrep plan` shows the packs it expects: compatible runs at the same depth of the step
+graph (the runner, which packs whatever is ready together, runs them that way in process).
+Training-row counts come from the finished data when it exists, else from the data steps'
+specs (dataset n_train; a mixture's sources), so the plan needs nothing built.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import artifacts
+from .errors import WorldrepError
+
+RULE = ("runs pack together when they share architecture, total steps, batch size, device "
+        "settings (device, precision, compile, cuda_graphs, pad_multiple, threads) and AdamW "
+        "betas/eps, and their inputs are done at the same time")
+DEVICE_FIELDS = ("device", "precision", "compile", "cuda_graphs", "pad_multiple", "threads")
+
+
+@dataclass(frozen=True)
+class PackKey:
+    arch: tuple
+    length: tuple  # ("steps", n), or ("epochs", e, data) when the row count is unknown
+    batch_size: int
+    device: tuple
+    adam: tuple
+
+    def describe(self) -> str:
+        a = dict(self.arch)
+        arch = (f"hidden {a['hidden']}, {a['layers']} layers, {a['heads']} heads, "
+                f"MLP {a['intermediate']}")
+        if self.length[0] == "steps":
+            length = f"{self.length[1]:,} steps"
+        else:
+            length = f"{self.length[1]} epochs of {self.length[2]} (size unknown)"
+        device = dict(zip(DEVICE_FIELDS, self.device, strict=True))
+        shown = ", ".join(f"{k} {v}" for k, v in device.items()
+                          if v is not None and v != "auto") or "device auto"
+        return f"{arch}; {length}; batch {self.batch_size}; {shown}"
+
+
+def _arch(study, name: str) -> tuple:
+    from .model import ModelSpec
+
+    spec = study.steps[name].spec
+    if spec.get("model"):
+        model = ModelSpec.model_validate(spec["model"])
+    elif spec.get("init_from"):
+        return _arch(study, spec["init_from"])
+    else:
+        model = ModelSpec()
+    return tuple(sorted(model.arch().items()))
+
+
+def train_rows(study, name: str, built: dict[str, str] | None = None) -> int | None:
+    """Training rows of a dataset or mixture step: from its finished directory when `built`
+    names one, else from the specs; None when neither tells."""
+    path = (built or {}).get(name)
+    if path and artifacts.is_complete(path):
+        from .data import dataset_meta
+
+        sizes = dataset_meta(path).get("sizes") or {}
+        if "train" in sizes:
+            return int(sizes["train"])
+    step = study.steps.get(name)
+    if step is None:
+        return None
+    if step.kind == "dataset":
+        return int(step.spec["n_train"])
+    if step.kind == "mixture":
+        total = 0
+        for src in step.spec["sources"]:
+            n = src.get("n") if step.spec.get("mode", "sample") == "sample" else None
+            if n is None:
+                n = train_rows(study, src["data"], built)
+            if n is None:
+                return None
+            total += n
+        return total
+    return None
+
+
+def pack_key(study, name: str, built: dict[str, str] | None = None) -> PackKey:
+    """The key of a train step: runs with equal keys may share a pack."""
+    spec = study.steps[name].spec
+    if spec.get("steps"):
+        length: tuple = ("steps", int(spec["steps"]))
+    else:
+        rows = train_rows(study, spec["data"], built)
+        epochs = spec.get("epochs") or 1
+        length = (("steps", math.ceil(rows / spec["batch_size"]) * epochs) if rows
+                  else ("epochs", epochs, spec["data"]))
+    opt = spec.get("optimizer") or {}
+    return PackKey(_arch(study, name), length, int(spec["batch_size"]),
+                   tuple(spec.get(f) for f in DEVICE_FIELDS),
+                   (tuple(opt.get("betas", (0.9, 0.999))), opt.get("eps", 1e-8)))
+
+
+def split_evenly(items: list, limit: int) -> list[list]:
+    """At most `limit` per part, parts as equal as possible (42 by 20: 14, 14, 14)."""
+    parts = max(1, math.ceil(len(items) / limit))
+    size = math.ceil(len(items) / parts)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def group_jobs(ready: Sequence, study) -> list[list]:
+    """The runner's units: ready train jobs grouped by key (in order of their first job),
+    every other job alone."""
+    units: list[list] = []
+    by_key: dict[PackKey, list] = {}
+    for job in ready:
+        if job.kind != "train":
+            units.append([job])
+            continue
+        key = pack_key(study, job.name, job.inputs)
+        if key not in by_key:
+            by_key[key] = []
+            units.append(by_key[key])
+        by_key[key].append(job)
+    out: list[list] = []
+    for unit in units:
+        out.extend(split_evenly(unit, study.pack_limit) if len(unit) > 1 else [unit])
+    return out
+
+
+def _depths(study) -> dict[str, int]:
+    depth: dict[str, int] = {}
+    for step in study.steps.values():  # in dependency order
+        depth[step.name] = 1 + max((depth[d] for d in step.deps), default=-1)
+    return depth
+
+
+def plan_packs(study, out: Path | None = None) -> list[tuple[PackKey, list[str]]]:
+    """The packs `worldrep run` is expected to form, in study order: (key, step names)."""
+    built = ({s.name: str(study.step_dir(out, s)) for s in study.steps.values()}
+             if out is not None else None)
+    depth = _depths(study)
+    groups: dict[tuple, tuple[PackKey, list[str]]] = {}
+    for step in study.steps.values():
+        if step.kind == "train":
+            key = pack_key(study, step.name, built)
+            groups.setdefault((depth[step.name], key), (key, []))[1].append(step.name)
+    return [(key, part) for key, names in groups.values()
+            for part in split_evenly(names, study.pack_limit)]
+
+
+def format_packs(study, out: Path | None = None) -> str:
+    packs = plan_packs(study, out)
+    if not packs:
+        return "packing: no training steps"
+    runs = sum(len(n) for _, n in packs)
+    many = [p for p in packs if len(p[1]) > 1]
+    lines = [f"packing (pack: auto, at most {study.pack_limit} runs a pack): {runs} training "
+             f"steps as {len(many)} packs and {len(packs) - len(many)} single runs",
+             *textwrap.wrap(f"rule: {RULE} (here: the same depth of the step graph)",
+                            width=100, initial_indent="  ", subsequent_indent="    ")]
+    for key, names in packs:
+        head = f"  pack of {len(names)}:" if len(names) > 1 else "  alone:"
+        lines.append(f"{head} {key.describe()}")
+        lines += textwrap.wrap(", ".join(names), width=100, initial_indent="      ",
+                               subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def run_packed_unit(unit: list) -> list:
+    """Run a unit of train jobs as one pack (the worker side of a packed unit): each job's
+    outcome is whether its run directory is finished; a run's failure is recorded beside
+    its directory as for a single step."""
+    import time
+
+    from . import cache
+    from .executors import Outcome
+    from .packing import PackError, train_packed
+    from .study import import_plugins
+
+    start = time.time()
+    todo = []
+    outcomes = {}
+    for job in unit:
+        if artifacts.is_complete(job.out):
+            outcomes[job.name] = Outcome(job.name, True)
+        else:
+            todo.append(job)
+    names = [job.name for job in todo]
+    failures: dict[str, BaseException] = {}
+    for job in todo:
+        cache.remove_stale_temps(Path(job.out))
+        cache.mark_running(Path(job.out), step=job.name, pack=names)
+    try:
+        import_plugins(todo[0].plugins if todo else [])
+        specs = [_train_spec(job) for job in todo]
+        train_packed(specs, [job.out for job in todo], regroup=True)
+    except PackError as err:
+        failures = {str(Path(out)): WorldrepError(msg) for out, msg in err.errors.items()}
+    except Exception as err:  # noqa: BLE001 - recorded for every unfinished run of the pack
+        failures = {str(Path(job.out)): err for job in todo}
+    finally:
+        for job in todo:
+            cache.clear_running(Path(job.out))
+    seconds = time.time() - start
+    for job in todo:
+        out = Path(job.out)
+        if artifacts.is_complete(out):
+            cache.clear_failure(out)
+            outcomes[job.name] = Outcome(job.name, True, None, seconds)
+            continue
+        err = failures.get(str(out), WorldrepError("the pack ended without finishing this run"))
+        record = cache.record_failure(out, err)
+        outcomes[job.name] = Outcome(job.name, False, record["error"], seconds)
+    return [outcomes[job.name] for job in unit]
+
+
+def _train_spec(job):
+    from .steps import get_kind
+
+    return get_kind("train").train_spec(job.spec, {k: Path(v) for k, v in job.inputs.items()})
