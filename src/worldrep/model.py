@@ -117,6 +117,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
 
 
+def attention(q, k, v, mask: torch.Tensor | None, gqa: bool = False) -> torch.Tensor:
+    """Causal (or masked) scaled dot-product attention over [N, heads, T, D].
+
+    On CPU it runs in fp32 even under bf16 autocast: PyTorch's CPU flash-attention backward
+    is many times slower in bf16, and at these sizes attention costs little either way.
+    """
+    extra = {"enable_gqa": True} if gqa else {}
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                               is_causal=mask is None, **extra)
+        return y.to(torch.get_autocast_dtype("cpu"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                          **extra)
+
+
 class Block(nn.Module):
     def __init__(self, spec: ModelSpec, k: int):
         super().__init__()
@@ -140,9 +156,7 @@ class Block(nn.Module):
         q, kk, v = (z.reshape(k * b, z.shape[2], t, d) for z in (q, kk, v))
         q = q * cos + rotate_half(q) * sin
         kk = kk * cos + rotate_half(kk) * sin
-        gqa = {"enable_gqa": True} if s.kv_heads != s.heads else {}
-        y = F.scaled_dot_product_attention(q, kk, v, attn_mask=mask, is_causal=mask is None,
-                                           **gqa)
+        y = attention(q, kk, v, mask, gqa=s.kv_heads != s.heads)
         y = y.view(k, b, s.heads, t, d).transpose(2, 3).reshape(k, b * t, s.heads * d)
         x = x + linear(y, self.o_w)
         gate, up = linear(rms_norm(x, self.ln2, s.rms_eps), self.gate_up_w).chunk(2, dim=-1)
