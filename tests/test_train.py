@@ -249,7 +249,10 @@ def test_interrupted_run_resumes_to_identical_weights(small_data, finished_run, 
     monkeypatch.setattr(Stepper, "__call__", original)
     assert not artifacts.is_complete(out) and not (out / "checkpoints" / "final").exists()
     assert torch.load(out / "resume" / "state.pt", weights_only=True)["step"] == 40
+    stale = out / "checkpoints" / ".checkpoint-60.tmp-99999"  # as a killed writer leaves it
+    stale.mkdir()
     final = train(quick_spec(small_data), out)
+    assert not stale.exists()
     want, got = weights(finished_run / "checkpoints" / "final"), weights(final)
     assert all(torch.equal(want[k], got[k]) for k in want)
     steps = [r["step"] for r in records(out) if "loss" in r]

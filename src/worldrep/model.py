@@ -129,6 +129,8 @@ def attention(q, k, v, mask: torch.Tensor | None, gqa: bool = False) -> torch.Te
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                is_causal=mask is None, **extra)
         return y.to(torch.get_autocast_dtype("cpu"))
+    if q.dtype != v.dtype:  # autocast: rotated q/k are fp32, v is already bf16
+        q, k = q.to(v.dtype), k.to(v.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                           **extra)
 

@@ -642,6 +642,14 @@ def _check_out(out: Path, identity: dict) -> Path | None:
     return None
 
 
+def _remove_partial_writes(out: Path) -> None:
+    """Temporary checkpoint dirs and state files left by a killed process (never read)."""
+    import shutil
+
+    for path in [*out.glob("checkpoints/.*.tmp-*"), *out.glob("resume/.*.tmp-*")]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def _save_resume(out: Path, opt: AdamW, step: int, identity_hash: str, seed: int) -> None:
     path = out / RESUME_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -759,6 +767,7 @@ def train(spec: TrainSpec, out: str | Path) -> Path:
         return finished
     rows = load_rows(spec.data, "train", spec.model.max_positions, rt.device)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_partial_writes(out)
     artifacts.write_json_atomic(out / RUN_FILE, {"hash": digest, **identity})
     artifacts.write_spec(out, spec.model_dump(mode="json"))
 
