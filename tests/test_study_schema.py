@@ -92,13 +92,13 @@ def test_hash_changes_for_the_changed_step_and_its_dependents_only(tmp_path):
 
 
 def test_templates_and_defaults_merge_under_the_declaration(tmp_path):
-    data = with_(BASE, templates={"small": {"n_train": 300, "n_test": 30}},
+    data = with_(BASE, templates={"small": {"n_train": 600, "n_test": 30}},
                  defaults={"dataset": {"n_val": 7}}, seed=5)
     data["datasets"][0]["use"] = "small"
     data["datasets"][0].pop("n_train")
     study = load_study(write(tmp_path, data))
     spec = study.steps["world-2"].spec
-    assert (spec["n_train"], spec["n_test"], spec["n_val"], spec["seed"]) == (300, 100, 7, 5)
+    assert (spec["n_train"], spec["n_test"], spec["n_val"], spec["seed"]) == (600, 100, 7, 5)
 
 
 # -- a bad study fails at plan time with the file, the step and the key -----------------------
@@ -123,6 +123,10 @@ def test_templates_and_defaults_merge_under_the_declaration(tmp_path):
     (lambda d: d["datasets"][0].update(grid={"x": "taks"}),
      r"grid 'x': no list named 'taks' \(lists: tasks\)"),
     (lambda d: d.update(runz=[]), r"study\.yaml: unknown key 'runz'"),
+    (lambda d: d["mixtures"][0]["sources"].append({"data": "world-{x}", "n": 900}),
+     r"step 'pft1-2' .*'sources\[2\]': 'world-1' is asked 1100 train rows in all"),
+    (lambda d: d["mixtures"][0]["sources"][1].update(n=5000),
+     r"step 'pft1-2' .*'sources\[1\]': mixture source world-2: n=5000 but it has only 1000"),
 ])
 def test_bad_studies_name_file_step_and_key(tmp_path, change, message):
     data = with_(BASE)

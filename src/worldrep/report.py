@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .cache import StepState, study_states
+from .steps import eval_summary
 from .study import Step, Study
 
 METRIC_KEYS = ("mean_error", "accuracy", "mean_score")
@@ -178,10 +179,9 @@ def _dataset_group(study: Study, data: str) -> str:
 def _task_metrics(study: Study, dirs: dict[str, Path], states) -> str:
     rows = []
     for step in _done(study, states, "eval"):
-        summary_path = dirs[step.name] / "summary.json"
-        if not summary_path.is_file():
+        if not (dirs[step.name] / "summary.json").is_file():
             continue
-        summary = json.loads(summary_path.read_text())
+        summary = eval_summary(dirs[step.name])
         group = _dataset_group(study, step.spec["data"])
         for task, entry in summary.items():
             metric = _main_metric(entry)

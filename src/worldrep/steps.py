@@ -62,6 +62,9 @@ class StepKind:
     def scale(self, spec: dict, s: float) -> dict:
         return spec
 
+    def check(self, spec: dict, steps: dict) -> None:
+        """Checks that need the referenced steps' specs (`steps`: name -> Step)."""
+
     def run(self, spec: dict, inputs: dict[str, Path], out: Path) -> None:
         raise NotImplementedError
 
@@ -175,6 +178,29 @@ class MixtureKind(StepKind):
                    for src in spec["sources"]]
         return {**spec, "sources": sources}
 
+    def check(self, spec, steps):
+        """Every source can give the rows asked of it (summed over its repeats), per split."""
+        from .mixing import MixSource, _split_sizes
+
+        asked: dict[str, dict[str, int]] = {}
+        for i, src in enumerate(spec["sources"]):
+            sizes = split_rows(steps, src["data"])
+            if sizes is None:
+                continue
+            fields = {k: src[k] for k in ("n", "n_val", "n_test")}
+            try:
+                got = _split_sizes(MixSource(path=src["data"], **fields), sizes, spec["mode"])
+            except WorldrepError as err:
+                raise WorldrepError(f"'sources[{i}]': {err}") from None
+            total = asked.setdefault(src["data"], dict.fromkeys(got, 0))
+            for split, n in got.items():
+                total[split] += n
+                if total[split] > sizes[split]:
+                    raise WorldrepError(
+                        f"'sources[{i}]': '{src['data']}' is asked {total[split]} {split} rows "
+                        f"in all (it is listed more than once) but has {sizes[split]}; set "
+                        "n_val/n_test of the smaller draws (e.g. 0) or make the dataset larger")
+
     def run(self, spec, inputs, out):
         from .mixing import MixSpec, make_mixture
 
@@ -183,6 +209,31 @@ class MixtureKind(StepKind):
         mix = MixSpec.model_validate({**{k: v for k, v in spec.items() if k != "sources"},
                                       "sources": sources})
         make_mixture(mix, out)
+
+
+def split_rows(steps: dict, name: str) -> dict[str, int] | None:
+    """Rows per split of a dataset or mixture step, from the specs alone."""
+    from .mixing import MixSource, _split_sizes
+
+    step = steps[name]
+    if step.kind == "dataset":
+        return {"train": step.spec["n_train"], "validation": step.spec["n_val"],
+                "test": step.spec["n_test"]}
+    if step.kind != "mixture":
+        return None
+    total = {"train": 0, "validation": 0, "test": 0}
+    for src in step.spec["sources"]:
+        sizes = split_rows(steps, src["data"])
+        if sizes is None:
+            return None
+        fields = {k: src[k] for k in ("n", "n_val", "n_test")}
+        try:
+            got = _split_sizes(MixSource(path=src["data"], **fields), sizes, step.spec["mode"])
+        except WorldrepError:
+            return None  # reported by that mixture's own check
+        for split, n in got.items():
+            total[split] += n
+    return total
 
 
 # -- analyses ---------------------------------------------------------------------------------
@@ -243,7 +294,7 @@ def _reps_model():
     class RepsStep(RepSpec):
         run: str  # a train step
         world: str = "world"
-        checkpoint: str = "final"  # final, last, checkpoint-N, a comma list, or all
+        checkpoint: str = "last"  # last, final, checkpoint-N, a comma list, or all
 
     return RepsStep
 
@@ -465,9 +516,20 @@ class NIKind(StepKind):
 
 
 def _eval_summary(path: Path) -> dict:
+    return eval_summary(path)
+
+
+def eval_summary(path: Path, checkpoint: str = "final") -> dict:
+    """task -> metrics of an eval step's directory, for `checkpoint` (else the last one)."""
     import json
 
-    return json.loads((Path(path) / "summary.json").read_text())
+    summary = json.loads((Path(path) / "summary.json").read_text())
+    per_checkpoint = summary and all(
+        isinstance(v, dict) and v and all(isinstance(m, dict) for m in v.values())
+        for v in summary.values())
+    if not per_checkpoint:
+        return summary
+    return summary.get(checkpoint) or list(summary.values())[-1]
 
 
 # -- training and evaluation ------------------------------------------------------------------

@@ -248,6 +248,11 @@ class _Builder:
                     step.deps.append(ref.name)
         ordered = self.topological()
         for step in ordered:
+            try:
+                get_kind(step.kind).check(step.spec, self.steps)
+            except WorldrepError as err:
+                raise self.fail(f"step '{step.name}' ({step.origin})", str(err)) from None
+        for step in ordered:
             inputs = {d: self.steps[d].hash for d in step.deps}
             step.hash = artifacts.spec_hash({"kind": step.kind, "spec": step.spec,
                                              "inputs": inputs})
