@@ -9,11 +9,13 @@ Contenders (reference model: hidden 128, 6 layers, 4 heads, MLP 512; batch 128; 
   worldrep   worldrep.train's loop: Batcher + Stepper + AdamW exactly as `worldrep train` runs
              them (on CUDA: bf16 autocast, torch.compile, one CUDA graph per batch shape).
   worldrep-eager  (CUDA only) the same loop without compile and graphs.
+  worldrep-fp32   (CPU) the same loop in fp32; plain `worldrep` uses precision auto, i.e. bf16
+             autocast on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere.
 
 Each contender runs `--warmup` steps, then `--steps` timed steps; rounds alternate contenders
 so that background load hits them alike, and the median round is reported.
 
-  python benchmarks/train_throughput.py                     # CPU: trainer, hf-bare, worldrep
+  python benchmarks/train_throughput.py                     # CPU: trainer, hf-bare, worldrep(-fp32)
   python benchmarks/train_throughput.py --device cuda       # GPU: worldrep, worldrep-eager, hf-bare
 
 The CUDA path needs only torch, transformers, numpy and worldrep (rows are synthesised with
@@ -94,11 +96,12 @@ def _timed(step, warmup: int, steps: int, device) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False) -> float:
+def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
+                 precision="auto") -> float:
     from worldrep.train import AdamW, Batcher, Rows, Runtime, Stepper, TrainSpec
 
     options = {"compile": False, "cuda_graphs": False} if eager else {}
-    spec = TrainSpec(data="-", device=str(device), **options)
+    spec = TrainSpec(data="-", device=str(device), precision=precision, **options)
     rt = Runtime.of(spec)
     rows = Rows.from_texts(texts, prompt_len, rt.device)
     model = init_model(ModelSpec(), spec.seed, device=rt.device)
@@ -115,7 +118,13 @@ def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False) -> float
         stepper(ids[None], plen[None])
         state["step"] += 1
 
-    rate = _timed(step, warmup, steps, rt.device)
+    for _ in range(warmup):
+        step()
+    shapes = len(stepper.graphs)
+    rate = _timed(step, 0, steps, rt.device)
+    if len(stepper.graphs) > shapes:
+        print(f"  (note: {len(stepper.graphs) - shapes} new batch shape(s) were compiled and "
+              "captured inside the timed steps; raise --warmup)")
     loss, _, _ = stepper.flush()
     assert np.isfinite(loss).all()
     return rate
@@ -218,7 +227,8 @@ def run_trainer(texts, prompt_len, device, warmup, steps) -> float:
 
 
 CONTENDERS = {"trainer": run_trainer, "hf-bare": run_hf_bare, "worldrep": run_worldrep,
-              "worldrep-eager": lambda *a: run_worldrep(*a, eager=True)}
+              "worldrep-eager": lambda *a: run_worldrep(*a, eager=True),
+              "worldrep-fp32": lambda *a: run_worldrep(*a, precision="fp32")}
 
 
 def main(argv=None) -> int:
@@ -226,7 +236,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None, help="default 3 on CPU, 1 on CUDA")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--only", default=None, help="comma-separated contenders")
     parser.add_argument("--synthetic", action="store_true", help="numpy-made distance rows")
@@ -240,15 +250,21 @@ def main(argv=None) -> int:
     cuda = device.type == "cuda"
     steps = args.steps or (500 if cuda else 20)
     warmup = args.warmup or (30 if cuda else 3)
+    args.rounds = args.rounds or (1 if cuda else 3)
     names = (args.only.split(",") if args.only else
              ["worldrep", "worldrep-eager", "hf-bare"] if cuda else
-             ["trainer", "hf-bare", "worldrep"])
+             ["trainer", "hf-bare", "worldrep", "worldrep-fp32"])
     (texts, prompt_len), source = distance_rows(args.rows, 42, args.synthetic or cuda)
     lengths = tokenizer.token_length(texts)
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"{where}; torch {torch.__version__}; {source}: {len(texts)} rows, "
           f"{lengths.min()}-{lengths.max()} tokens; batch {BATCH}; reference model; "
           f"{warmup} warm-up + {steps} timed steps x {args.rounds} rounds")
+    from worldrep.train import Runtime, TrainSpec
+
+    auto = Runtime.of(TrainSpec(data="-", device=str(device)))
+    print(f"worldrep precision auto -> {auto.autocast or torch.float32}, compile {auto.compile}, "
+          f"CUDA graphs {auto.graphs}")
 
     rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
