@@ -46,8 +46,11 @@ NO_EVAL = {"every": None, "rows_per_task": 4, "generate": False}  # losses at 0 
 
 
 def spec(data: Path, **changes) -> TrainSpec:
+    # fp32: the equivalence is exact up to float rounding (bf16 autocast, the default on
+    # CPUs with native bf16, would hold it to bf16 rounding only)
     base = dict(data=str(data), model={"preset": "tiny"}, batch_size=16, steps=60,
-                optimizer={"lr": 3e-3, "warmup_steps": 5}, checkpoints={"every": 20},
+                precision="fp32", optimizer={"lr": 3e-3, "warmup_steps": 5},
+                checkpoints={"every": 20},
                 eval={"every": 30, "rows_per_task": 8, "generate": False}, progress=False)
     base.update(changes)
     return TrainSpec(**base)
@@ -232,6 +235,39 @@ def test_pack_killed_while_checkpointing_catches_up_the_runs_behind(datasets, pa
         assert steps == sorted(set(steps)) and steps[-1] == 60
 
 
+def test_pack_killed_while_finishing_finishes_the_rest(datasets, packed_60, tmp_path,
+                                                      monkeypatch):
+    outs = [tmp_path / f"run{i}" for i in range(3)]
+    original = _Loop.finish
+
+    def dies_at_second(self, step):
+        if self.out == outs[1]:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(_Loop, "finish", dies_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        train_packed(three_specs(datasets), outs)
+    monkeypatch.undo()
+    assert [artifacts.is_complete(o) for o in outs] == [True, False, False]
+    # Run 1 saved its step-60 checkpoint and died finishing; run 2 never got to step 60.
+    resumed = [torch.load(o / "resume" / "state.pt", weights_only=True)["step"] for o in outs]
+    assert resumed == [60, 60, 40]
+    sizes = []
+    original_call = Stepper.__call__
+
+    def record_pack_size(self, ids, plen):
+        sizes.append(ids.shape[0])
+        return original_call(self, ids, plen)
+
+    monkeypatch.setattr(Stepper, "__call__", record_pack_size)
+    train_packed(three_specs(datasets), outs)
+    assert sizes == [1] * 20 and all(artifacts.is_complete(o) for o in outs)
+    a, b = (weights(d / "checkpoints" / "final") for d in (packed_60[1], outs[1]))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert close_weights(packed_60[2] / "checkpoints" / "final", outs[2] / "checkpoints" / "final")
+
+
 def test_a_run_of_a_killed_pack_resumes_alone(datasets, packed_60, tmp_path, monkeypatch):
     outs = [tmp_path / f"run{i}" for i in range(3)]
     interrupt_at(monkeypatch, 25)
@@ -356,6 +392,7 @@ RUNNER_STUDY = {
     ],
     "defaults": {"train": {
         "model": {"preset": "tiny"}, "batch_size": 16, "steps": 30, "progress": False,
+        "precision": "fp32",
         "optimizer": {"lr": 3e-3, "warmup_steps": 5}, "checkpoints": {"every": 10},
         "eval": {"every": None, "rows_per_task": 4, "generate": False}}},
     "runs": [

@@ -187,6 +187,7 @@ class _Member:
     home: dict | None = None  # optimizer rows (weights, moments, step) between packs
     step: int = 0
     begun: bool = False  # the start record, evaluation and checkpoint of step 0 are written
+    finished: bool = False
     error: str | None = None
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0])  # loss, grad norm
     count: int = 0
@@ -355,10 +356,15 @@ def _report(m: _Member, step: int, bar) -> None:
                 plot_curves(m.out / METRICS_FILE, m.out / CURVES_FILE)
                 m.loop.plotted = time.perf_counter()
         if step == m.plan.total:
-            m.loop.finish(step)
+            _finish(m, step)
     except WorldrepError as err:  # diverged weights: this run stops, the pack goes on
         m.error = str(err)
     m.tick = time.perf_counter()
+
+
+def _finish(m: _Member, step: int) -> None:
+    m.loop.finish(step)
+    m.finished = True
 
 
 def _train_members(members: list[_Member]) -> None:
@@ -371,13 +377,17 @@ def _train_members(members: list[_Member]) -> None:
     bar.set_description(f"train x{len(members)}")
     try:
         while True:
-            live = [m for m in members if m.error is None and m.step < total]
+            live = [m for m in members if m.error is None and not m.finished]
             if not live:
                 break
             start = min(m.step for m in live)
             group = [m for m in live if m.step == start]
             stop = min([m.step for m in live if m.step > start] + [total])
             pack = _Pack(group, len(members))
+            if start == total:  # killed after its last checkpoint, before the final one
+                for m in group:
+                    _finish(m, total)
+                continue
             pack.run(start, stop, bar if len(group) == len(live) else None)
             del pack
     finally:
