@@ -101,6 +101,32 @@ def data_mix(
 
 
 # --- train and eval commands ------------------------------------------------------------
+@app.command("eval")
+@friendly
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="training run directory")],
+    data: Annotated[Path, typer.Option(help="dataset or mixture directory")],
+    split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
+    checkpoints: Annotated[str, typer.Option(
+        help="final, last, all, or a comma list of names/steps")] = "final",
+    limit: Annotated[int | None, typer.Option(help="evaluate the first N rows only")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="prompts decoded at once")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    out: Annotated[Path | None, typer.Option(
+        help="output directory (default RUN_DIR/evals/<dataset>-<split>)")] = None,
+):
+    """Greedy-decode and score a dataset split with a run's checkpoints."""
+    import json
+
+    from .evaluate import evaluate_run, format_summary
+
+    eval_dir = evaluate_run(run_dir, data, split=split, checkpoints=checkpoints, limit=limit,
+                            out=out, batch_size=batch_size, device=device)
+    for name, summary in json.loads((eval_dir / "summary.json").read_text()).items():
+        typer.echo(f"{name}:\n{format_summary(summary)}")
+    typer.echo(f"evaluation written to {eval_dir}")
+
+
 @app.command("train")
 @friendly
 def train_cmd(

@@ -1,0 +1,641 @@
+"""Evaluation: batched greedy decoding with a KV cache, per-row scoring, per-task summaries.
+
+The prompt of a row is `<bos>` + its text up to and including the task's answer `=`; the model
+continues greedily until `<eos>` or the task's answer budget (`max_answer_tokens`, `<eos>`
+included). The decoding core runs the HF Qwen2 model's own modules over a preallocated KV
+cache and returns the same ids as HF `generate(do_sample=False)`:
+
+- prompts are sorted by length, then lexicographically, so a batch almost always holds prompts
+  of one length (no padding, no mask) that share prefixes; a batch that mixes lengths is
+  left-padded with a mask and per-row positions, as HF does;
+- a prefix every row shares (`<bos>dist(c_`) is computed once, and a following segment that
+  many rows repeat (a task's first city) once per distinct value, then copied to the rows;
+- in the last layer only the last prompt position goes through attention and the MLP;
+- a decoding step (one query per row) attends with plain batched products, which on a CPU beat
+  the fused attention kernel's bookkeeping.
+
+Every row is scored by its task (`task.score`): an unparseable answer is invalid and scored
+with the reference failure value, so means stay comparable with the reference numbers. Per
+task, `summarize` reports `n`, `valid_rate` and, by the task's metric kind:
+
+- 'error':    `mean_error`, `median_error`, `std_error` (absolute error, lower is better);
+- 'accuracy': `accuracy` (share of exactly correct answers);
+- 'score':    `mean_score` (the task's score in [0, 1], higher is better).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+
+from . import artifacts, tokenizer
+from .errors import WorldrepError
+from .tasks import get_task
+
+CPU_BATCH_SIZE = 256  # measured: larger batches are no faster on a CPU (caches)
+GPU_BATCH_SIZE = 8192
+ENGINES = ("cache", "hf")
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+
+
+# -- devices and prompts -------------------------------------------------------------------
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' picks cuda when available, else cpu; anything else must name a torch device."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise WorldrepError(f"unknown device '{device}'; allowed: auto, cpu, cuda, cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise WorldrepError(f"device '{device}' asked for but CUDA is not available; "
+                            "allowed here: auto, cpu")
+    return resolved
+
+
+def _prompt_matrix(prompt_ids, lengths=None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [n, L] int64 right-padded, lengths [n]) from a 2-D array or a list of sequences."""
+    if isinstance(prompt_ids, np.ndarray | torch.Tensor) and np.ndim(prompt_ids) == 2:
+        ids = np.asarray(prompt_ids.cpu() if isinstance(prompt_ids, torch.Tensor) else prompt_ids,
+                         dtype=np.int64)
+        lens = (np.full(len(ids), ids.shape[1], np.int64) if lengths is None
+                else np.asarray(lengths, np.int64))
+    else:
+        rows = [np.asarray(r, np.int64).ravel() for r in prompt_ids]
+        lens = np.array([len(r) for r in rows], np.int64)
+        ids = np.zeros((len(rows), int(lens.max()) if len(rows) else 0), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+    if len(lens) and lens.min() < 1:
+        raise WorldrepError("every prompt needs at least one token (e.g. <bos>)")
+    return ids, lens
+
+
+# -- the decoding core ---------------------------------------------------------------------
+class _Weights:
+    """A HF Qwen2-style model's modules, with q/k/v fused into one projection per layer.
+
+    Fusing changes no number (each output column is the same dot product) but runs one matrix
+    product instead of three.
+    """
+
+    def __init__(self, model):
+        cfg = model.config
+        self.model, self.core = model, model.model
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.qkv = []
+        for layer in self.core.layers:
+            parts = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
+            bias = [p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0])
+                    for p in parts]
+            self.qkv.append((torch.cat([p.weight for p in parts]), torch.cat(bias)))
+        ref = self.core.embed_tokens.weight
+        self.dtype, self.device = ref.dtype, ref.device
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self.cos = self.sin = torch.empty(0)
+
+    def caches(self, batch: int, length: int) -> tuple[list, list]:
+        """Key and value caches [batch, kv heads, length, dim] per layer. One buffer serves
+        every batch of a call: fresh 100-MB allocations per batch cost page faults."""
+        have = (self._keys[0].shape[0], self._keys[0].shape[2]) if self._keys else (0, 0)
+        if batch > have[0] or length > have[1]:
+            shape = (max(batch, have[0]), self.n_kv, max(length, have[1]), self.head_dim)
+            self._keys = [torch.empty(shape, dtype=self.dtype, device=self.device)
+                          for _ in self.qkv]
+            self._values = [torch.empty_like(k) for k in self._keys]
+        return ([k[:batch, :, :length] for k in self._keys],
+                [v[:batch, :, :length] for v in self._values])
+
+    def rotary(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [length, head_dim] of positions 0..length-1 (computed once per call)."""
+        if len(self.cos) < length:
+            positions = torch.arange(length, device=self.device)[None]
+            probe = torch.empty(1, dtype=self.dtype, device=self.device)
+            cos, sin = self.core.rotary_emb(probe, positions)
+            self.cos, self.sin = cos[0], sin[0]
+        return self.cos[:length], self.sin[:length]
+
+
+class _CachedDecoder:
+    """Decodes one batch over a preallocated KV cache, using the model's own modules.
+
+    `prefill` writes the prompt keys/values, `step` appends one token per row. The cache is
+    [batch, kv head, position, dim], so each row and head reads its keys contiguously.
+    Left-padded rows carry a key mask and per-row positions, as HF `generate` treats an
+    attention mask (positions count real tokens only).
+
+    Prompts of one length share work: the prefix common to every row is computed once, and
+    a segment after it that many rows repeat (a task's first city) once per distinct value;
+    their keys/values are then copied to the rows that share them.
+    """
+
+    def __init__(self, w: _Weights, batch: int, total_len: int):
+        self.w = w
+        self.keys, self.values = w.caches(batch, total_len)
+        self.cos, self.sin = w.rotary(total_len)
+        self.length = 0
+        self.key_ok = None  # [B, total_len] bool, only for left-padded batches
+        self.pad = None  # [B] left padding per row
+
+    def prefill(self, ids: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        """Write the prompts' keys/values; logits of each row's last prompt token."""
+        if pad is None:
+            return self._prefill_shared(ids)
+        B, S = ids.shape
+        total = self.keys[0].shape[2]
+        self.pad = pad
+        self.key_ok = torch.arange(total, device=ids.device)[None] >= pad[:, None]
+        pos = (torch.arange(S, device=ids.device)[None] - pad[:, None]).clamp(min=0)
+        causal = torch.ones(S, S, dtype=torch.bool, device=ids.device).tril()
+        # A pad query attends to itself only, so it stays finite and never reaches a real row.
+        eye = torch.eye(S, dtype=torch.bool, device=ids.device)
+        mask = (causal & (self.key_ok[:, None, :S] | eye))[:, None]
+        return self._forward(ids, self.cos[pos], self.sin[pos], mask)
+
+    def _prefill_shared(self, ids: torch.Tensor) -> torch.Tensor:
+        B, S = ids.shape
+        common = _shared_prefix(ids)
+        if common:
+            self._forward(ids[:1, :common], self.cos[:common], self.sin[:common], None, False)
+            self._spread(slice(0, common), torch.zeros(B, dtype=torch.long, device=ids.device))
+        end, first, inverse = _shared_segment(ids, common)
+        if end:
+            self._forward(ids[first, common:end], self.cos[common:end], self.sin[common:end],
+                          _offset_causal(end - common, end, ids.device), False)
+            self._spread(slice(common, end), inverse)
+        start = self.length
+        return self._forward(ids[:, start:], self.cos[start:S], self.sin[start:S],
+                             _offset_causal(S - start, S, ids.device) if start else None)
+
+    def _spread(self, positions: slice, source: torch.Tensor) -> None:
+        """Row r's keys/values at `positions` become those computed for row source[r]."""
+        for cache in (*self.keys, *self.values):
+            cache[: len(source), :, positions] = cache[: int(source.max()) + 1, :, positions][source]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = self.length
+        if self.pad is None:
+            cos, sin, mask = self.cos[t:t + 1], self.sin[t:t + 1], None
+        else:
+            pos = (t - self.pad)[:, None]
+            cos, sin = self.cos[pos], self.sin[pos]
+            mask = self.key_ok[:, None, None, : t + 1]
+        return self._forward(tokens[:, None], cos, sin, mask)
+
+    def _forward(self, ids, cos, sin, mask, logits: bool = True) -> torch.Tensor | None:
+        """Run `ids` (the next positions of the first len(ids) rows) through the model,
+        writing their keys/values; the last position's logits if `logits`."""
+        core, w = self.w.core, self.w
+        cos, sin = cos[..., None, :], sin[..., None, :]  # broadcast over heads
+        h = core.embed_tokens(ids)
+        B, S = ids.shape
+        t0, t1 = self.length, self.length + S
+        last = len(core.layers) - 1
+        for i, layer in enumerate(core.layers):
+            x = layer.input_layernorm(h)
+            qkv = F.linear(x, *w.qkv[i]).view(B, S, w.n_heads + 2 * w.n_kv, w.head_dim)
+            qk = _rotate(qkv[:, :, : w.n_heads + w.n_kv], cos, sin)
+            self.keys[i][:B, :, t0:t1] = qk[:, :, w.n_heads:].transpose(1, 2)
+            self.values[i][:B, :, t0:t1] = qkv[:, :, w.n_heads + w.n_kv:].transpose(1, 2)
+            q = qk[:, :, : w.n_heads]
+            if i == last:
+                if not logits:
+                    break  # only the keys/values of these positions are needed
+                # Only the last position feeds the logits: skip the others' attention and MLP.
+                q, h = q[:, -1:], h[:, -1:]
+                mask = None if mask is None else mask[..., -1:, :]
+            out = _attend(q, self.keys[i][:B, :, :t1], self.values[i][:B, :, :t1], mask,
+                          layer.self_attn.scaling)
+            h = h + layer.self_attn.o_proj(out)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        self.length = t1
+        return self.w.model.lm_head(core.norm(h[:, -1])) if logits else None
+
+
+def _attend(q, keys, values, mask, scale: float) -> torch.Tensor:
+    """Attention of q [B, S, heads, dim] over the cache [B, kv heads, T, dim] -> [B, S, heads
+    * dim]. One query per row (every decoding step) is a plain batched product: for a single
+    query, torch's fused CPU kernel spends more on bookkeeping than on arithmetic."""
+    B, S, n_heads, dim = q.shape
+    if S > 1:
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys, values, attn_mask=mask, is_causal=mask is None,
+            scale=scale, enable_gqa=keys.shape[1] != n_heads)
+        return out.transpose(1, 2).reshape(B, S, -1)
+    n_kv = keys.shape[1]
+    q = q.reshape(B, n_kv, n_heads // n_kv, dim)  # query head h reads kv head h // group
+    scores = torch.matmul(q, keys.transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(weights, values).reshape(B, 1, -1)
+
+
+def _offset_causal(queries: int, keys: int, device) -> torch.Tensor:
+    """Causal mask for the last `queries` positions of `keys` (earlier keys all visible)."""
+    mask = torch.ones(queries, keys, dtype=torch.bool, device=device)
+    return mask.tril(diagonal=keys - queries)[None, None]
+
+
+def _shared_prefix(ids: torch.Tensor) -> int:
+    """Length of the prefix every row shares (at most all but the last token), 0 if < 2."""
+    if ids.shape[0] < 2:
+        return 0
+    same = (ids == ids[:1]).all(dim=0)
+    n = int(same.long().cumprod(0).sum())
+    n = min(n, ids.shape[1] - 1)
+    return n if n >= 2 else 0
+
+
+def _shared_segment(ids: torch.Tensor, start: int):
+    """(end, first, inverse): positions start..end-1 are computed once per distinct prefix
+    ids[:, :end] (rows `first`; row r uses distinct prefix inverse[r]), with `end` chosen to
+    save the most work; end = 0 when that saves too little to pay for the copies."""
+    B, S = ids.shape
+    if B < 8 or S - start < 3:
+        return 0, None, None
+    rows = ids[:, : S - 1].cpu().numpy()
+    order = np.lexsort(rows.T[::-1])
+    differ = rows[order][1:] != rows[order][:-1]
+    # Column where each sorted row first differs from the one before it.
+    first_diff = np.where(differ.any(axis=1), differ.argmax(axis=1), S - 1)
+    ends = np.arange(start + 1, S - 1)
+    distinct = 1 + np.searchsorted(np.sort(first_diff), ends, side="left")
+    saved = (ends - start) * (B - distinct)
+    if not len(ends) or saved.max() < 0.1 * B * (S - start):
+        return 0, None, None
+    end = int(ends[saved.argmax()])
+    new_group = np.r_[True, first_diff < end]
+    inverse = np.empty(B, np.int64)
+    inverse[order] = np.cumsum(new_group) - 1
+    to = ids.device
+    return end, torch.from_numpy(order[new_group]).to(to), torch.from_numpy(inverse).to(to)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, the same arithmetic as HF's apply_rotary_pos_emb."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _supports_cache_engine(model) -> bool:
+    """Whether the model is a Qwen2-style decoder the KV-cache loop reproduces exactly (full
+    attention, default RoPE); anything else decodes through HF `generate`."""
+    cfg = getattr(model, "config", None)
+    core = getattr(model, "model", None)
+    layers = getattr(core, "layers", None)
+    if cfg is None or not layers or not hasattr(model, "lm_head"):
+        return False
+    attn = getattr(layers[0], "self_attn", None)
+    parts = ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")
+    return (all(hasattr(core, a) for a in ("embed_tokens", "rotary_emb", "norm"))
+            and attn is not None and all(hasattr(attn, a) for a in parts)
+            and all(t == "full_attention" for t in getattr(cfg, "layer_types", None) or [])
+            and (getattr(cfg, "rope_parameters", None) or {}).get("rope_type") == "default")
+
+
+def _decode_batch_cache(w: _Weights, ids: np.ndarray, lens: np.ndarray, max_new: int,
+                        device: torch.device) -> np.ndarray:
+    width = int(lens.max())
+    pad = width - lens
+    left = np.zeros((len(ids), width), np.int64)
+    cols = np.arange(width)[None] - pad[:, None]
+    take = cols >= 0
+    left[take] = ids[np.nonzero(take)[0], cols[take]]
+    x = torch.from_numpy(left).to(device)
+    decoder = _CachedDecoder(w, len(ids), width + max_new)
+    pad_t = torch.from_numpy(pad).to(device) if pad.any() else None
+    logits = decoder.prefill(x, pad_t)
+    out = torch.full((len(ids), max_new), tokenizer.PAD, dtype=torch.long, device=device)
+    done = torch.zeros(len(ids), dtype=torch.bool, device=device)
+    for j in range(max_new):
+        token = logits.argmax(-1).masked_fill(done, tokenizer.PAD)
+        out[:, j] = token
+        done |= token == tokenizer.EOS
+        if j + 1 == max_new or bool(done.all()):
+            break
+        logits = decoder.step(token)
+    return out.cpu().numpy()
+
+
+def _decode_batch_hf(model, ids: np.ndarray, lens: np.ndarray, max_new: int,
+                     device: torch.device) -> np.ndarray:
+    """HF `generate` (greedy, left padding): the reference path and the speed baseline."""
+    width = int(lens.max())
+    left = np.full((len(ids), width), tokenizer.PAD, np.int64)
+    mask = np.zeros((len(ids), width), np.int64)
+    for i, n in enumerate(lens):
+        left[i, width - n:] = ids[i, :n]
+        mask[i, width - n:] = 1
+    gen = model.generate(
+        input_ids=torch.from_numpy(left).to(device), attention_mask=torch.from_numpy(mask).to(device),
+        do_sample=False, max_new_tokens=max_new, eos_token_id=tokenizer.EOS,
+        pad_token_id=tokenizer.PAD)
+    new = gen[:, width:].cpu().numpy()
+    out = np.full((len(ids), max_new), tokenizer.PAD, np.int64)
+    out[:, : new.shape[1]] = new
+    return out
+
+
+def greedy_generate(model, prompt_ids, max_new: int, batch_size: int | None = None,
+                    device: str | torch.device | None = None, *, lengths=None,
+                    engine: str = "cache") -> np.ndarray:
+    """Greedy continuations of prompts: int64 [n, max_new], `<eos>` kept, `<pad>` after it.
+
+    `prompt_ids` is a 2-D array of equal-length prompts (or right-padded ones with `lengths`)
+    or a list of id sequences. Prompts are decoded `batch_size` at a time (default: 256 on a
+    CPU, 8192 on a GPU), the model on `device` (default: where it is); the output keeps the
+    input order. `engine='hf'` runs HF `generate` instead of the KV-cache loop.
+    """
+    if engine not in ENGINES:
+        raise WorldrepError(f"unknown engine '{engine}'; allowed: {', '.join(ENGINES)}")
+    if device is None:
+        device = next(model.parameters()).device
+    else:
+        device = resolve_device(device)
+        model.to(device)
+    batch_size = batch_size or default_batch_size(device)
+    if max_new < 1 or batch_size < 1:
+        raise WorldrepError(f"max_new and batch_size must be >= 1 (got {max_new}, {batch_size})")
+    ids, lens = _prompt_matrix(prompt_ids, lengths)
+    if engine == "cache" and _supports_cache_engine(model):
+        decode, runner = _decode_batch_cache, _Weights(model)
+    else:
+        decode, runner = _decode_batch_hf, model
+    out = np.full((len(ids), max_new), tokenizer.PAD, np.int64)
+    # By length, then lexicographically: batches share prefixes (and rarely need padding).
+    order = np.lexsort((*ids.T[::-1], lens))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                out[rows] = decode(runner, ids[rows], lens[rows], max_new, device)
+    finally:
+        model.train(was_training)
+    return out
+
+
+# -- scoring a frame -----------------------------------------------------------------------
+RESULT_COLUMNS = ["row", "task", "prompt", "answer", "output", "parsed", "value", "valid",
+                  "finished"]
+_NUMBER_RE = re.compile(r"\s*-?\d+(\.\d+)?\s*")
+
+
+def _parse_numbers(outputs: np.ndarray) -> np.ndarray:
+    """The number each output spells (NaN where it is not a plain number)."""
+    return np.array([float(o) if _NUMBER_RE.fullmatch(o) else np.nan for o in outputs])
+
+
+def _prompts_and_answers(task, texts: np.ndarray, answers: np.ndarray | None):
+    cut = task.prompt_chars(texts)
+    bad = np.flatnonzero((cut < 2) | (cut > np.char.str_len(texts)))
+    if bad.size:
+        raise WorldrepError(f"{task.name}: row text '{texts[bad[0]]}' has no answer '=' where "
+                            f"the task expects one ({bad.size} such rows)")
+    prompts = np.strings.slice(texts, 0, cut)
+    if answers is None:
+        answers = np.strings.slice(texts, cut, None)
+    return prompts, answers
+
+
+def evaluate_frame(model, frame: pd.DataFrame, world, batch_size: int | None = None,
+                   device: str | torch.device | None = None, *, engine: str = "cache"
+                   ) -> pd.DataFrame:
+    """Generate and score every row of `frame` (columns text, task; answer if present).
+
+    Returns one row per input row, in input order: row (position in `frame`), task, prompt,
+    answer, output (generated text without <eos>), parsed (the number the output spells,
+    numeric tasks, NaN otherwise), value (error / 1-0 correct / score, failure value when
+    invalid), valid, finished (whether <eos> came within the task's answer budget).
+    `engine` is greedy_generate's ('hf': HF `generate`, the reference path).
+    """
+    missing = [c for c in ("text", "task") if c not in frame.columns]
+    if missing:
+        raise WorldrepError(f"rows to evaluate lack column(s) {', '.join(missing)}; "
+                            f"they have: {', '.join(map(str, frame.columns))}")
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    batch_size = batch_size or default_batch_size(device)
+    texts_all = frame["text"].to_numpy().astype(str)
+    tasks_all = frame["task"].to_numpy().astype(str)
+    answers_all = frame["answer"].to_numpy().astype(str) if "answer" in frame.columns else None
+    parts = []
+    for name in pd.unique(tasks_all):
+        task = get_task(name)
+        rows = np.flatnonzero(tasks_all == name)
+        prompts, answers = _prompts_and_answers(
+            task, texts_all[rows], None if answers_all is None else answers_all[rows])
+        ids, lengths = tokenizer.encode(prompts, bos=True, eos=False)
+        generated = greedy_generate(model, ids, task.max_answer_tokens, batch_size, device,
+                                    lengths=lengths, engine=engine)
+        outputs = np.array(tokenizer.decode(generated), dtype=str)
+        value, valid = task.score(world, prompts, answers, outputs)
+        valid = np.asarray(valid, bool)
+        parsed = _parse_numbers(outputs) if task.metric == "error" else np.full(len(rows), np.nan)
+        parts.append(pd.DataFrame({
+            "row": rows, "task": name, "prompt": prompts, "answer": answers, "output": outputs,
+            "parsed": np.where(valid, parsed, np.nan), "value": np.asarray(value, np.float64),
+            "valid": valid, "finished": (generated == tokenizer.EOS).any(axis=1)}))
+    if not parts:
+        return pd.DataFrame({c: [] for c in RESULT_COLUMNS})
+    return pd.concat(parts, ignore_index=True).sort_values("row", kind="stable",
+                                                          ignore_index=True)[RESULT_COLUMNS]
+
+
+def summarize(results: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per task: n, valid_rate and mean/median/std_error ('error' tasks), accuracy
+    ('accuracy' tasks) or mean_score ('score' tasks). Invalid rows count with their
+    failure value."""
+    summary = {}
+    for name in pd.unique(results["task"]):
+        rows = results[results["task"] == name]
+        value = rows["value"].to_numpy(np.float64)
+        entry = {"n": int(len(rows)), "valid_rate": float(rows["valid"].mean())}
+        metric = get_task(name).metric
+        if metric == "error":
+            entry.update(mean_error=float(value.mean()), median_error=float(np.median(value)),
+                         std_error=float(value.std()))
+        elif metric == "accuracy":
+            entry["accuracy"] = float(value.mean())
+        else:
+            entry["mean_score"] = float(value.mean())
+        summary[str(name)] = entry
+    return summary
+
+
+def format_summary(summary: dict[str, dict[str, float]]) -> str:
+    """One line per task: n, valid rate and the task's headline metric."""
+    lines = []
+    for name, m in summary.items():
+        key = next(k for k in ("mean_error", "accuracy", "mean_score") if k in m)
+        extra = f"  median_error {m['median_error']:.4g}" if key == "mean_error" else ""
+        lines.append(f"  {name:<16} n {m['n']:>7}  valid {m['valid_rate']:.3f}  "
+                     f"{key} {m[key]:.4g}{extra}")
+    return "\n".join(lines)
+
+
+# -- evaluating a run ----------------------------------------------------------------------
+def default_batch_size(device: torch.device) -> int:
+    return CPU_BATCH_SIZE if device.type == "cpu" else GPU_BATCH_SIZE
+
+
+def available_checkpoints(run_dir: str | Path) -> list[str]:
+    """Checkpoint names of a run: checkpoint-<step> by step, then final."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise WorldrepError(f"no run directory at {run_dir}")
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        raise WorldrepError(f"{run_dir} has no checkpoints/ directory; is it a training run?")
+    found = [p.name for p in root.iterdir() if (p / "config.json").is_file()]
+    steps = sorted((int(m.group(1)), n) for n in found if (m := CHECKPOINT_RE.fullmatch(n)))
+    names = [n for _, n in steps] + (["final"] if "final" in found else [])
+    if not names:
+        raise WorldrepError(f"{root} holds no checkpoint (no checkpoint-<step>/ or final/ "
+                            "with a config.json)")
+    return names
+
+
+def select_checkpoints(run_dir: str | Path, which: str | Sequence[str | int] = "final"
+                       ) -> list[str]:
+    """'final', 'all' (every checkpoint-<step> by step, then final), 'last' (the highest
+    step; final if there is none), or names/steps as a list or comma list."""
+    available = available_checkpoints(run_dir)
+    steps = [n for n in available if n != "final"]
+    if isinstance(which, str) and which.strip() in ("all", "last"):
+        return available if which.strip() == "all" else (steps[-1:] or ["final"])
+    items = which.split(",") if isinstance(which, str) else list(which)
+    chosen = []
+    for item in (str(i).strip() for i in items):
+        name = f"checkpoint-{int(item)}" if item.isdigit() else item
+        if name not in available:
+            raise WorldrepError(
+                f"no checkpoint '{item}' in {Path(run_dir) / 'checkpoints'}; available: "
+                f"{', '.join(available)} (or 'all', 'last')")
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise WorldrepError(f"no checkpoint named; available: {', '.join(available)}")
+    return chosen
+
+
+def load_rows(data_dir: str | Path, split: str = "test", limit: int | None = None
+              ) -> pd.DataFrame:
+    """The rows to evaluate: the first `limit` rows of a dataset split, in order."""
+    from .data import SPLITS
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise WorldrepError(f"no dataset directory at {data_dir}")
+    if not artifacts.is_complete(data_dir):
+        raise WorldrepError(f"{data_dir} is not a finished dataset (no manifest.json)")
+    present = [s for s in SPLITS if (data_dir / f"{s}.parquet").is_file()]
+    if split not in present:
+        raise WorldrepError(f"dataset {data_dir} has no split '{split}'; available: "
+                            f"{', '.join(present) or 'none'}")
+    if limit is not None and limit < 1:
+        raise WorldrepError(f"limit must be a positive number of rows (got {limit})")
+    import pyarrow.parquet as pq
+
+    path = data_dir / f"{split}.parquet"
+    columns = [c for c in ("text", "task", "answer") if c in pq.read_schema(path).names]
+    frame = pd.read_parquet(path, columns=columns)
+    return frame.iloc[:limit].reset_index(drop=True) if limit else frame
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "auto"):
+    """An HF causal LM from a checkpoint directory, in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise WorldrepError(f"cannot load the checkpoint at {path}: {err}") from None
+    return model.to(resolve_device(device)).eval()
+
+
+def _weights_hash(checkpoint: Path) -> str:
+    """Fingerprint of a checkpoint's config and weights: a retrained run is re-evaluated."""
+    digest = hashlib.sha256()
+    files = [checkpoint / "config.json", *sorted(checkpoint.glob("*.safetensors")),
+             *sorted(checkpoint.glob("*.bin"))]
+    for f in files:
+        if f.is_file():
+            digest.update(f.name.encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _checkpoint_order(name: str) -> tuple[int, int]:
+    m = CHECKPOINT_RE.fullmatch(name)
+    return (0, int(m.group(1))) if m else (1, 0)
+
+
+def _combined_summary(eval_dir: Path, like: dict) -> dict:
+    """checkpoint -> task -> metrics over every finished checkpoint evaluation in `eval_dir`
+    made from the same run, dataset, split and limit."""
+    same = ("run", "dataset_hash", "split", "limit")
+    combined = {}
+    for sub in sorted((p for p in eval_dir.iterdir() if artifacts.is_complete(p)),
+                      key=lambda p: _checkpoint_order(p.name)):
+        try:
+            spec = yaml.safe_load((sub / artifacts.SPEC).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if all(spec.get(k) == like[k] for k in same):
+            combined[sub.name] = json.loads((sub / "summary.json").read_text())
+    return combined
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
+                 checkpoints: str | Sequence[str | int] = "final", limit: int | None = None,
+                 out: str | Path | None = None, batch_size: int | None = None,
+                 device: str | torch.device = "auto", force: bool = False) -> Path:
+    """Evaluate checkpoints of a run on a dataset split; returns the evaluation directory.
+
+    Writes <out>/<checkpoint>/{eval.parquet, summary.json, spec.yaml, manifest.json} per
+    checkpoint (default out: RUN_DIR/evals/<dataset name>-<split>) and <out>/summary.json
+    (checkpoint -> task -> metrics). A checkpoint already evaluated with the same weights,
+    rows and split is not redone unless `force`.
+    """
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    names = select_checkpoints(run_dir, checkpoints)
+    frame = load_rows(data_dir, split, limit)
+    from .data import dataset_world
+
+    world = dataset_world(data_dir)
+    device = resolve_device(device)
+    eval_dir = Path(out) if out is not None else run_dir / "evals" / f"{data_dir.name}-{split}"
+    base = {"run": str(run_dir.resolve()), "dataset": str(data_dir.resolve()),
+            "dataset_hash": artifacts.read_manifest(data_dir).get("hash"), "split": split,
+            "limit": limit}
+    for name in names:
+        checkpoint = run_dir / "checkpoints" / name
+        spec = {**base, "checkpoint": name, "weights_hash": _weights_hash(checkpoint)}
+        target = eval_dir / name
+        if not force and artifacts.is_complete(target) and \
+                artifacts.read_manifest(target).get("hash") == artifacts.spec_hash(spec):
+            continue
+        model = load_checkpoint(checkpoint, device)
+        results = evaluate_frame(model, frame, world, batch_size, device)
+        with artifacts.artifact_dir(target) as tmp:
+            results.to_parquet(tmp / "eval.parquet", index=False)
+            artifacts.write_json_atomic(tmp / "summary.json", summarize(results))
+            artifacts.write_spec(tmp, spec)
+            artifacts.write_manifest(tmp, "eval", spec, rows=len(results), device=str(device))
+        del model
+    artifacts.write_json_atomic(eval_dir / "summary.json", _combined_summary(eval_dir, base))
+    return eval_dir
