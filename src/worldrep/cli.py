@@ -406,17 +406,22 @@ def quickstart(
     jobs: Annotated[int, typer.Option(help="local worker processes")] = 1,
 ):
     """Run the quickstart study end to end (a few minutes on a laptop CPU) and write its report."""
+    import time
+
     from .executors import make_backend, run_study
-    from .report import write_report
+    from .report import headlines, write_report
     from .study import load_study
 
+    start = time.time()
     st = load_study("quickstart", scale)
     target = _study_out(st, out)
     typer.echo(f"quickstart: {len(st.steps)} steps, output in {target}")
     report = run_study(st, target, make_backend("local", st, target, jobs=jobs), log=typer.echo)
     typer.echo(report.summary())
     path = write_report(st, target)
-    typer.echo(f"report written to {path}")
+    for line in headlines(st, target):
+        typer.echo(line)
+    typer.echo(f"report written to {path} ({time.time() - start:.0f}s in all)")
     if not report.ok:
         raise typer.Exit(1)
 

@@ -109,6 +109,28 @@ def _section(title: str, body: str, note: str = "") -> str:
     return f"<h2>{_e(title)}</h2>{note}{body}"
 
 
+def probe_results(study: Study, out: Path) -> pd.DataFrame:
+    """Every finished probe's test R² of x and y (one row per probe and label)."""
+    frames = []
+    for step in study.steps.values():
+        path = study.step_dir(out, step) / "metrics.csv"
+        if step.kind == "probe" and path.is_file():
+            frames.append(pd.read_csv(path).assign(probe=step.name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def headlines(study: Study, out: Path) -> list[str]:
+    """A few lines worth printing at the end of a run: the best world map found."""
+    probes = probe_results(study, out)
+    if probes.empty or "x_test_r2" not in probes:
+        return []
+    probes = probes.assign(worst=probes[["x_test_r2", "y_test_r2"]].min(axis=1))
+    best = probes.loc[probes["worst"].idxmax()]
+    return [f"best world map: {best['label']} (layers {best['layers']}): held-out probe R² "
+            f"x {best['x_test_r2']:.2f}, y {best['y_test_r2']:.2f}, mean error "
+            f"{best['test_mean_error']:.0f} (0.1° units)"]
+
+
 # -- sections ---------------------------------------------------------------------------------
 def _overview(study: Study, out: Path, states: dict[str, StepState]) -> str:
     counts: dict[str, int] = {}
@@ -129,7 +151,8 @@ def _overview(study: Study, out: Path, states: dict[str, StepState]) -> str:
     desc = f"<p>{_e(study.description)}</p>" if study.description else ""
     return (f"<h1>{_e(study.name)}{scale}</h1>{desc}<p class='muted'>{_e(study.path)} → "
             f"{_e(out)}; written {time.strftime('%Y-%m-%d %H:%M')}</p>"
-            f"<p>{len(study.steps)} steps: {summary}</p>{table}")
+            f"<p>{len(study.steps)} steps: {summary}</p>"
+            + "".join(f"<p><b>{_e(line)}</b></p>" for line in headlines(study, out)) + table)
 
 
 def _last_metrics(run_dir: Path) -> dict:
