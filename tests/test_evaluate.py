@@ -103,6 +103,21 @@ def test_cache_decoder_equals_hf_generate_on_mixed_lengths():
     np.testing.assert_array_equal(greedy_generate(model, prompts, 10, 8, engine="hf"), truth)
 
 
+@pytest.mark.parametrize("mixed", [False, True])
+def test_rows_that_stop_leave_the_batch_without_changing_any_ids(monkeypatch, mixed):
+    kept = []
+    keep = evaluate._CachedDecoder.keep
+    monkeypatch.setattr(evaluate._CachedDecoder, "keep",
+                        lambda self, rows: kept.append(len(rows)) or keep(self, rows))
+    model = tiny_model(seed=0)
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(8, 14, 30) if mixed else np.full(30, 13)
+    prompts = [np.r_[tokenizer.BOS, rng.integers(4, 98, n - 1)] for n in lengths]
+    got = greedy_generate(model, prompts, 10, 30)
+    assert kept and kept[0] < 30, "the test should cover a batch that shrinks"
+    np.testing.assert_array_equal(got, hf_greedy(model, prompts, 10))
+
+
 def test_generate_output_layout():
     model = tiny_model(seed=5)
     ids = distance_like_prompts(40, seed=2)
@@ -284,7 +299,8 @@ def test_evaluate_run_default_location_and_decoding_matches_model(run_dir, data_
 
 
 def test_evaluate_run_input_errors(run_dir, data_dir, tmp_path):
-    with pytest.raises(WorldrepError, match="no dataset directory"):
+    (tmp_path / "dist-other").mkdir()
+    with pytest.raises(WorldrepError, match="no dataset directory .* holds: dist-other"):
         evaluate_run(run_dir, tmp_path / "missing")
     with pytest.raises(WorldrepError, match="unknown device"):
         evaluate_run(run_dir, data_dir, device="tpu-ish", limit=2, out=tmp_path / "e")

@@ -183,6 +183,13 @@ class _CachedDecoder:
         for cache in (*self.keys, *self.values):
             cache[: len(source), :, positions] = cache[: int(source.max()) + 1, :, positions][source]
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Continue with these rows only (they move to the front of the cache, in order)."""
+        for cache in (*self.keys, *self.values):
+            cache[: len(rows), :, : self.length] = cache[rows, :, : self.length]
+        if self.pad is not None:
+            self.pad, self.key_ok = self.pad[rows], self.key_ok[rows]
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         t = self.length
         if self.pad is None:
@@ -319,13 +326,21 @@ def _decode_batch_cache(w: _Weights, ids: np.ndarray, lens: np.ndarray, max_new:
     pad_t = torch.from_numpy(pad).to(device) if pad.any() else None
     logits = decoder.prefill(x, pad_t)
     out = torch.full((len(ids), max_new), tokenizer.PAD, dtype=torch.long, device=device)
+    rows = torch.arange(len(ids), device=device)  # batch rows still in the decoder
     done = torch.zeros(len(ids), dtype=torch.bool, device=device)
     for j in range(max_new):
         token = logits.argmax(-1).masked_fill(done, tokenizer.PAD)
-        out[:, j] = token
+        out[rows, j] = token
         done |= token == tokenizer.EOS
-        if j + 1 == max_new or bool(done.all()):
+        finished = int(done.sum())
+        if j + 1 == max_new or finished == len(rows):
             break
+        if 2 * finished >= len(rows):
+            # Once half the rows have stopped, the rest decode alone: a few rambling answers
+            # (an early checkpoint's) no longer drag a whole batch through the budget.
+            keep = torch.nonzero(~done).squeeze(1)
+            decoder.keep(keep)
+            rows, token, done = rows[keep], token[keep], done[keep]
         logits = decoder.step(token)
     return out.cpu().numpy()
 
@@ -492,11 +507,21 @@ def default_batch_size(device: torch.device) -> int:
     return CPU_BATCH_SIZE if device.type == "cpu" else GPU_BATCH_SIZE
 
 
+def _siblings(path: Path, most: int = 12) -> str:
+    """'; <parent> holds: a, b, ...' to point at what does exist next to a missing path."""
+    parent = path.parent
+    if not parent.is_dir():
+        return f"; {parent} does not exist either"
+    names = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    shown = ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+    return f"; {parent} holds: {shown or 'no directories'}"
+
+
 def available_checkpoints(run_dir: str | Path) -> list[str]:
     """Checkpoint names of a run: checkpoint-<step> by step, then final."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise WorldrepError(f"no run directory at {run_dir}")
+        raise WorldrepError(f"no run directory at {run_dir}{_siblings(run_dir)}")
     root = run_dir / "checkpoints"
     if not root.is_dir():
         raise WorldrepError(f"{run_dir} has no checkpoints/ directory; is it a training run?")
@@ -539,7 +564,7 @@ def load_rows(data_dir: str | Path, split: str = "test", limit: int | None = Non
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise WorldrepError(f"no dataset directory at {data_dir}")
+        raise WorldrepError(f"no dataset directory at {data_dir}{_siblings(data_dir)}")
     if not artifacts.is_complete(data_dir):
         raise WorldrepError(f"{data_dir} is not a finished dataset (no manifest.json)")
     present = [s for s in SPLITS if (data_dir / f"{s}.parquet").is_file()]
