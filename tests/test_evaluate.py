@@ -285,6 +285,13 @@ def test_evaluate_run_writes_artifacts_and_limit_takes_first_rows(run_dir, data_
     combined = json.loads((out / "summary.json").read_text())
     assert list(combined) == ["checkpoint-0", "checkpoint-20", "final"]
 
+    threads = torch.get_num_threads()
+    evaluate_run(run_dir, data_dir, checkpoints="final", limit=7, out=out, force=True,
+                 threads=1)
+    assert (out / "final" / "manifest.json").stat().st_mtime_ns != before
+    assert torch.get_num_threads() == threads  # restored
+    assert json.loads((out / "final" / "summary.json").read_text()) == combined["final"]
+
 
 def test_evaluate_run_default_location_and_decoding_matches_model(run_dir, data_dir):
     out = evaluate_run(run_dir, data_dir, split="validation", checkpoints="final")

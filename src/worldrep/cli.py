@@ -114,6 +114,9 @@ def eval_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     out: Annotated[Path | None, typer.Option(
         help="output directory (default RUN_DIR/evals/<dataset>-<split>)")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads (default torch's; 1 is fastest on a busy CPU)")] = None,
+    force: Annotated[bool, typer.Option(help="redo checkpoints already evaluated")] = False,
 ):
     """Greedy-decode and score a dataset split with a run's checkpoints."""
     import json
@@ -121,7 +124,8 @@ def eval_cmd(
     from .evaluate import evaluate_run, format_summary
 
     eval_dir = evaluate_run(run_dir, data, split=split, checkpoints=checkpoints, limit=limit,
-                            out=out, batch_size=batch_size, device=device)
+                            out=out, batch_size=batch_size, device=device, force=force,
+                            threads=threads)
     for name, summary in json.loads((eval_dir / "summary.json").read_text()).items():
         typer.echo(f"{name}:\n{format_summary(summary)}")
     typer.echo(f"evaluation written to {eval_dir}")
