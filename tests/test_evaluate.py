@@ -316,6 +316,11 @@ def test_evaluate_run_input_errors(run_dir, data_dir, tmp_path):
     (tmp_path / "bare").mkdir()
     with pytest.raises(WorldrepError, match="no checkpoints/ directory"):
         evaluate_run(tmp_path / "bare", data_dir)
+    broken = tmp_path / "broken" / "checkpoints" / "final"
+    tiny_model().save_pretrained(broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(WorldrepError, match="cannot load the checkpoint"):
+        evaluate_run(tmp_path / "broken", data_dir, out=tmp_path / "e")
     assert not (tmp_path / "e").exists()
 
 

@@ -584,12 +584,19 @@ def load_rows(data_dir: str | Path, split: str = "test", limit: int | None = Non
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "auto"):
     """An HF causal LM from a checkpoint directory, in eval mode on `device`."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one bar per checkpoint would bury the summaries
     try:
         model = AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise WorldrepError(f"cannot load the checkpoint at {path}: {err}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(resolve_device(device)).eval()
 
 
