@@ -82,6 +82,14 @@ def test_runs_in_dependency_order_then_hits_the_cache(tmp_path, fake_log):
     assert len(started(fake_log)) == 10
 
 
+def test_steps_that_unblock_more_work_run_first(tmp_path, fake_log):
+    study = load_study(write_study(tmp_path, FAKES))
+    run_study(study, tmp_path / "out", log=lambda _: None)
+    order = started(fake_log)
+    # Among the b steps only b-1-2 and b-2-1 are needed by c: they run before the others.
+    assert set(order[3:5]) == {"b-1-2", "b-2-1"}
+
+
 def test_changing_one_setting_reruns_it_and_its_dependents_only(tmp_path, fake_log):
     out = tmp_path / "out"
     run_study(load_study(write_study(tmp_path, FAKES)), out, log=lambda _: None)

@@ -407,9 +407,10 @@ def study_report(
 def quickstart(
     out: Annotated[Path | None, typer.Option(help="output directory")] = None,
     scale: Annotated[float, typer.Option(help="divide data sizes and steps by S (smoke test)")] = 1.0,
-    jobs: Annotated[int, typer.Option(help="local worker processes")] = 1,
+    jobs: Annotated[int, typer.Option(
+        help="worker processes (2: the side runs train beside the main model)")] = 2,
 ):
-    """Run the quickstart study end to end (a few minutes on a laptop CPU) and write its report."""
+    """Run the quickstart study end to end (minutes on a 2-core CPU) and write its report."""
     import time
 
     from .executors import make_backend, run_study

@@ -319,6 +319,7 @@ def run_study(study: Study, out: Path, backend=None, log: Callable[[str], None] 
             report.waiting[name] = f"running elsewhere (pid {states[name].info.get('pid')})"
     todo = [n for n in wanted if n not in done and n not in report.waiting]
     progress = _Progress(study, report, log, len(todo))
+    backend.priority = descendant_counts(study)
     active: dict[Any, list[StepJob]] = {}
     submitted: dict[str, Any] = {}
     try:
@@ -341,9 +342,21 @@ def run_study(study: Study, out: Path, backend=None, log: Callable[[str], None] 
     return report
 
 
+def descendant_counts(study: Study) -> dict[str, int]:
+    """How many steps depend on each step, directly or not (bitsets: fast for big studies)."""
+    index = {name: i for i, name in enumerate(study.steps)}
+    below = dict.fromkeys(study.steps, 0)
+    for step in reversed(list(study.steps.values())):
+        for dep in step.deps:
+            below[dep] |= below[step.name] | (1 << index[step.name])
+    return {name: bits.bit_count() for name, bits in below.items()}
+
+
 def _submit_ready(study, jobs, todo, done, submitted, active, backend, log) -> bool:
     ready = [n for n in todo if n not in submitted and _can_start(
         study.steps[n].deps, done, submitted, backend.graph)]
+    # Steps that unblock the most work go first (the main model before side runs).
+    ready.sort(key=lambda n: -backend.priority.get(n, 0))
     free = max(0, backend.capacity - len(active))
     units = executable_units([jobs[n] for n in ready], study)[:free]
     for unit in units:
