@@ -246,6 +246,8 @@ def test_partial_scores(world, rows):
     first = row.answer.split(",")[0]
     value, valid = nearest.score(world, np.array([""]), np.array([row.answer]), np.array([first]))
     assert valid[0] and value[0] == pytest.approx(1 / len(row.answer.split(",")))
+    value, valid = nearest.score(world, np.array([""]), np.array([row.answer]), np.array([""]))
+    assert not valid[0] and value[0] == nearest.failure_value  # k >= 1: empty is malformed
 
     walk = get_task("randomwalk")
     f = frame(rows, "randomwalk", "test")

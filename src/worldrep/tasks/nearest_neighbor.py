@@ -74,7 +74,7 @@ class NearestNeighbor(Task):
         valid = np.zeros(len(outputs), bool)
         for i, (answer, output) in enumerate(zip(answers, outputs, strict=True)):
             got = parse_refs(output)
-            if got is None:
+            if not got:  # k >= 1, so an empty answer is as malformed as garbage
                 continue
             true = set(parse_refs(answer) or [])
             union = true | set(got)
