@@ -18,6 +18,16 @@ so that background load hits them alike, and the median round is reported.
   python benchmarks/train_throughput.py                     # CPU: trainer, hf-bare, worldrep(-fp32)
   python benchmarks/train_throughput.py --device cuda       # GPU: worldrep, worldrep-eager, hf-bare
 
+Packing (`--pack 1,7`; on CUDA the default K list is 1,7,42): K independent runs of the
+reference model, each with its own rows (a permutation of the data), seed and learning rate,
+trained as one pack (worldrep.packing: PackBatcher + stacked Stepper + per-model AdamW)
+against the same K runs trained one after another with worldrep's single-run loop. Both are
+reported in model-steps/s. On CPU the two are timed step by step in alternation (medians), so a
+shared machine's changing load hits both alike; on CUDA in blocks of timed steps.
+
+  python benchmarks/train_throughput.py --pack 1,7          # CPU: packed vs one after another
+  python benchmarks/train_throughput.py --device cuda --pack 1,7,42
+
 The CUDA path needs only torch, transformers, numpy and worldrep (rows are synthesised with
 numpy when the world data cannot be built there).
 """
@@ -226,6 +236,140 @@ def run_trainer(texts, prompt_len, device, warmup, steps) -> float:
     return steps / (times[-1] - times[warmup - 1])
 
 
+# -- packing: K runs at once vs one after another ---------------------------------------------
+def _pack_data(texts, prompt_len, k: int):
+    """K data sets: run i sees the rows in its own fixed permutation (its own data)."""
+    perms = [np.random.default_rng(1000 + i).permutation(len(texts)) for i in range(k)]
+    return [(np.asarray(texts)[p], np.asarray(prompt_len)[p]) for p in perms]
+
+
+def _packed_step(texts, prompt_len, device, k: int, total: int, stack: int | None = None):
+    """One step of K runs trained as one pack (own rows, seeds and learning rates), stacked
+    as train_packed stacks them (models_per_stack: all on CUDA, cache-sized groups on CPU)."""
+    from worldrep.packing import PackBatcher, models_per_stack
+    from worldrep.train import AdamW, Rows, Runtime, Stepper, TrainSpec
+
+    rt = Runtime.of(TrainSpec(data="-", device=str(device)))
+    spec = ModelSpec()
+    rows = [Rows.from_texts(t, p, rt.device) for t, p in _pack_data(texts, prompt_len, k)]
+    per = min(k, stack) if stack else models_per_stack(
+        k, BATCH, max(r.ids.shape[1] for r in rows), spec.intermediate, rt.device)
+    stacks = []
+    for first in range(0, k, per):
+        seeds = list(range(42 + first, 42 + min(k, first + per)))
+        model = init_model(spec, seeds, device=rt.device)
+        opt = AdamW(model, [3e-4 * (1 + 0.1 * s) for s in seeds], total, 50, 0.01)
+        batcher = PackBatcher(rows[first:first + per], BATCH, seeds, rt.pad_multiple)
+        stacks.append((batcher, Stepper(model, opt, rt)))
+    state = {"step": 0}
+
+    def step():
+        for batcher, stepper in stacks:
+            ids, plen, _ = batcher.get(state["step"])
+            stepper(ids, plen)
+        state["step"] += 1
+
+    return step, [stepper for _, stepper in stacks], per
+
+
+def _single_step(texts, prompt_len, device, seed: int, total: int):
+    """One step of a single run in worldrep's single-run loop (Batcher, K=1 Stepper)."""
+    from worldrep.train import AdamW, Batcher, Rows, Runtime, Stepper, TrainSpec
+
+    rt = Runtime.of(TrainSpec(data="-", device=str(device)))
+    model = init_model(ModelSpec(), seed, device=rt.device)
+    opt = AdamW(model, 3e-4, total, 50, 0.01)
+    batcher = Batcher(Rows.from_texts(texts, prompt_len, rt.device), BATCH, seed,
+                      rt.pad_multiple, static=rt.graphs)
+    stepper = Stepper(model, opt, rt)
+    state = {"step": 0}
+
+    def step():
+        ids, plen, _ = batcher.get(state["step"])
+        stepper(ids[None], plen[None])
+        state["step"] += 1
+
+    return step
+
+
+def run_packed(texts, prompt_len, device, warmup, steps, k: int, stack=None) -> float:
+    """Model-steps/s of K runs trained as one pack (a block of timed steps)."""
+    step, steppers, _ = _packed_step(texts, prompt_len, device, k, warmup + steps, stack)
+    for _ in range(warmup):
+        step()
+    shapes = sum(len(s.graphs) for s in steppers)
+    rate = _timed(step, 0, steps, device)
+    if sum(len(s.graphs) for s in steppers) > shapes:
+        print("  (note: new batch shapes were compiled and captured inside the timed steps; "
+              "raise --warmup)")
+    assert all(np.isfinite(s.flush()[0]).all() for s in steppers)
+    return k * rate
+
+
+def run_interleaved(texts, prompt_len, device, warmup, steps, k: int,
+                    stack: int | None = None) -> tuple[float, float]:
+    """(packed, one after another) model-steps/s of the same K runs, timed step by step in
+    alternation (a pack step, then one step of each single run), so that a machine whose load
+    changes from minute to minute slows both alike. Medians over the timed steps."""
+    total = warmup + steps
+    packed, steppers, per = _packed_step(texts, prompt_len, device, k, total, stack)
+    print(f"  K={k}: {per} model(s) per stacked step")
+    singles = [_single_step(t, p, device, 42 + i, total)
+               for i, (t, p) in enumerate(_pack_data(texts, prompt_len, k))]
+    for _ in range(warmup):
+        packed()
+        for one in singles:
+            one()
+    pack_s, alone_s = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        packed()
+        t1 = time.perf_counter()
+        for one in singles:
+            one()
+        alone_s.append(time.perf_counter() - t1)
+        pack_s.append(t1 - t0)
+    assert all(np.isfinite(s.flush()[0]).all() for s in steppers)
+    return k / statistics.median(pack_s), k / statistics.median(alone_s)
+
+
+def pack_main(args, texts, prompt_len, device, warmup, steps) -> dict:
+    """CPU: packed and one-after-another interleaved step by step. CUDA (a dedicated device):
+    blocks of timed steps; one after another is K x a single run's rate (measured at K=1)."""
+    ks = [int(x) for x in args.pack.split(",")]
+    cuda = device.type == "cuda"
+    print(f"packing: K runs as one pack vs one after another; {warmup} warm-up + {steps} "
+          f"timed steps, {args.rounds} rounds" + ("" if cuda else ", interleaved step by step"))
+    rates: dict[str, list[float]] = {}
+
+    def note(name: str, rate: float, r: int) -> None:
+        rates.setdefault(name, []).append(rate)
+        print(f"  round {r + 1} {name:18s} {rate:9.2f} model-steps/s", flush=True)
+
+    for r in range(args.rounds):
+        for k in ks:
+            if cuda:
+                note(f"packed K={k}", run_packed(texts, prompt_len, device, warmup, steps, k,
+                                                 args.stack), r)
+                if k == 1:
+                    note("sequential K=1", run_worldrep(texts, prompt_len, device, warmup,
+                                                        steps), r)
+            else:
+                packed, alone = run_interleaved(texts, prompt_len, device, warmup, steps, k,
+                                                args.stack)
+                note(f"packed K={k}", packed, r)
+                note(f"sequential K={k}", alone, r)
+    result = {n: statistics.median(v) for n, v in rates.items()}
+    print("\nmedian model-steps/s:")
+    for name, rate in result.items():
+        print(f"  {name:18s} {rate:9.2f}")
+    for k in ks:
+        seq = result.get(f"sequential K={k}", result.get("sequential K=1"))
+        if seq:
+            print(f"packed K={k} / one after another: {result[f'packed K={k}'] / seq:.2f}x")
+    return {"rates": rates, "median": result}
+
+
 CONTENDERS = {"trainer": run_trainer, "hf-bare": run_hf_bare, "worldrep": run_worldrep,
               "worldrep-eager": lambda *a: run_worldrep(*a, eager=True),
               "worldrep-fp32": lambda *a: run_worldrep(*a, precision="fp32")}
@@ -242,6 +386,11 @@ def main(argv=None) -> int:
     parser.add_argument("--synthetic", action="store_true", help="numpy-made distance rows")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--pack", nargs="?", const="", default=None,
+                        help="packing mode: comma-separated pack sizes K (default 1,7; "
+                             "CUDA 1,7,42)")
+    parser.add_argument("--stack", type=int, default=None,
+                        help="packing mode: models per stacked step (default: as train_packed)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -265,6 +414,14 @@ def main(argv=None) -> int:
     auto = Runtime.of(TrainSpec(data="-", device=str(device)))
     print(f"worldrep precision auto -> {auto.autocast or torch.float32}, compile {auto.compile}, "
           f"CUDA graphs {auto.graphs}")
+
+    if args.pack is not None:
+        args.pack = args.pack or ("1,7,42" if cuda else "1,7")
+        packed = pack_main(args, texts, prompt_len, device, warmup, steps)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"device": where, "steps": steps,
+                                                   "warmup": warmup, **packed}, indent=1))
+        return 0 if all(math.isfinite(v) for v in packed["median"].values()) else 1
 
     rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):

@@ -16,7 +16,7 @@ from worldrep import artifacts
 from worldrep.data import DatasetSpec, make_dataset
 from worldrep.errors import WorldrepError
 from worldrep.model import StackedQwen2, load_checkpoint
-from worldrep.packing import PackBatcher, PackError, train_packed
+from worldrep.packing import PackBatcher, PackError, models_per_stack, train_packed
 from worldrep.train import Batcher, Stepper, TrainSpec, _Loop, load_rows, train
 
 
@@ -144,6 +144,26 @@ def test_packed_runs_match_unpacked_runs_over_200_steps(datasets, tmp_path):
     before = (outs[0] / "metrics.jsonl").read_text()
     assert train(specs[0], outs[0]) == outs[0] / "checkpoints" / "final"
     assert (outs[0] / "metrics.jsonl").read_text() == before
+
+
+def test_runs_stepped_in_several_stacks_match_too(datasets, packed_60, tmp_path):
+    """stack=2: runs 0-1 share a stacked step, run 2 steps in its own (as on a CPU whose
+    cache-sized stacks hold fewer runs than the pack)."""
+    specs = three_specs(datasets)
+    outs = train_packed(specs, [tmp_path / f"run{i}" for i in range(3)], stack=2)
+    for i, (s, final) in enumerate(zip(specs, outs, strict=True)):
+        alone = train(s, tmp_path / f"alone{i}")
+        assert close_weights(alone, final)
+        assert close_weights(packed_60[i] / "checkpoints" / "final", final)
+        assert np.allclose(losses(alone.parent.parent), losses(final.parent.parent), rtol=1e-4)
+
+
+def test_models_per_stack_keeps_cpu_ops_cache_sized():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert models_per_stack(42, 128, 26, 512, cuda) == 42  # one graph for the whole pack
+    assert models_per_stack(7, 128, 26, 512, cpu) == 1  # the reference model at batch 128
+    assert models_per_stack(7, 16, 38, 256, cpu) == 7  # tiny models at batch 16
+    assert models_per_stack(7, 128, 26, 256, cpu) == 2
 
 
 def test_fine_tunes_from_different_checkpoints_pack(datasets, packed_60, tmp_path):

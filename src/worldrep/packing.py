@@ -15,6 +15,11 @@ token, so causal attention never lets a real position see one, and pad targets a
 of the loss, which each model averages over its own counted tokens. Only float rounding of the
 larger shapes differs: on CPU in fp32 a packed run's losses match its unpacked run's to ~1e-6.
 
+Stacks: on CUDA all runs of a pack share one stacked step (one compiled CUDA graph). On CPU a
+stacked step is as fast per model as a single run only while each op's tensors stay
+cache-sized, so the runs are stepped in stacks of `models_per_stack` (many tiny models, one
+reference model at batch 128): a pack there is never slower than its runs one after another.
+
 Resume: every run resumes from its own `resume/state.pt`. If their steps differ (a pack killed
 while writing checkpoints, or a run that was trained alone for a while), the runs that are
 behind are trained first, in a pack of their own, until they reach the next run's step; then
@@ -255,40 +260,77 @@ def _mismatch(a: _Member, b: _Member) -> str:
 
 
 # -- the packed loop ---------------------------------------------------------------------------------
-class _Pack:
-    """Some runs of a pack at one common step, stacked into one model and one optimizer."""
+# On CPU, a stacked step is as fast per model as a single run only while each op's tensors
+# stay cache-sized (and under glibc's 32 MB mmap threshold, above which every allocation
+# page-faults): stack at most this many activation elements (batch x width x MLP) per step.
+CPU_STACK_ELEMENTS = 2 ** 21
 
-    def __init__(self, members: list[_Member], packed: int):
+
+def models_per_stack(k: int, batch_size: int, width: int, intermediate: int,
+                     device: torch.device) -> int:
+    """How many of a pack's K models share one stacked step: all on CUDA (one graph for the
+    pack); on CPU as many as keep an op's activations under CPU_STACK_ELEMENTS (tiny models
+    stack many, the reference model at batch 128 one: then a pack steps its runs in turn,
+    as fast as running them one after another)."""
+    if device.type != "cpu":
+        return k
+    return max(1, min(k, CPU_STACK_ELEMENTS // max(1, batch_size * width * intermediate)))
+
+
+class _Stack:
+    """Consecutive runs of a pack stacked into one model, optimizer, stepper and batcher."""
+
+    def __init__(self, members: list[_Member]):
         self.members = members
         rt = members[0].rt
-        self.rt = rt
         self.model = StackedQwen2(members[0].spec.model, k=len(members)).to(rt.device)
         self.opt = _optimizer(self.model, members)
         for k, m in enumerate(members):
             slot = SlotOptimizer(self.opt, k)
             slot.load_state_dict(m.home)
             m.loop.model, m.loop.opt = slot_view(self.model, k), slot
-            if not m.begun:
-                _begin(m, packed)
         answer = [m.spec.loss == "answer" for m in members]
         self.stepper = Stepper(self.model, self.opt, rt, answer_only=any(answer))
-        # Full-loss runs in a pack with answer-loss runs: prompt length 0 counts every target.
-        self.full_rows = (torch.tensor([[0 if a else 1] for a in answer], device=rt.device) == 0
-                          if any(answer) and not all(answer) else None)
+        # Full-loss runs in a pack with answer-loss runs get prompt length 0: every target
+        # counts, exactly the full loss.
+        self.answer_rows = (torch.tensor([[a] for a in answer], device=rt.device)
+                            if any(answer) and not all(answer) else None)
         self.batcher = PackBatcher([m.rows for m in members], members[0].spec.batch_size,
                                    [m.spec.seed for m in members], rt.pad_multiple)
+
+    def step(self, step: int) -> np.ndarray:
+        ids, plen, tokens = self.batcher.get(step)
+        if self.answer_rows is not None:
+            plen = plen * self.answer_rows
+        self.stepper(ids, plen)
+        return tokens
+
+    def release(self) -> None:
+        """Hand each run's state back (a pack is rebuilt when its runs change)."""
+        for k, m in enumerate(self.members):
+            m.home = SlotOptimizer(self.opt, k).state_dict()
+
+
+class _Pack:
+    """Some runs of a pack at one common step, in stacks that step together."""
+
+    def __init__(self, members: list[_Member], packed: int, per_stack: int):
+        self.members = members
+        self.stacks = [_Stack(members[i:i + per_stack])
+                       for i in range(0, len(members), per_stack)]
+        for m in members:
+            if not m.begun:
+                _begin(m, packed)
 
     def run(self, start: int, stop: int, bar) -> None:
         """Steps start..stop; ends early (each run's state kept) when a run diverges."""
         step = start
         for m in self.members:
             m.tick = time.perf_counter()
-        self.model.train()
+        for stack in self.stacks:
+            stack.model.train()
         while step < stop:
-            ids, plen, tokens = self.batcher.get(step)
-            if self.full_rows is not None:
-                plen = plen * self.full_rows
-            self.stepper(ids, plen)
+            tokens = np.concatenate([stack.step(step) for stack in self.stacks])
             step += 1
             for m, t in zip(self.members, tokens, strict=True):
                 m.tokens += int(t)
@@ -303,12 +345,15 @@ class _Pack:
                     _report(m, step, bar if m is self.members[0] else None)
             if any(m.error for m in self.members):
                 break  # the pack is rebuilt without the diverged run
-        for k, m in enumerate(self.members):
-            m.home = SlotOptimizer(self.opt, k).state_dict()
+        for stack in self.stacks:
+            stack.release()
 
     def _collect(self, step: int) -> None:
-        """Add the stepper's sums to each run's; a run whose loss is NaN/inf fails."""
-        loss, norm, n = self.stepper.flush()
+        """Add the steppers' sums to each run's; a run whose loss is NaN/inf fails."""
+        flushed = [stack.stepper.flush() for stack in self.stacks]
+        loss = np.concatenate([f[0] for f in flushed])
+        norm = np.concatenate([f[1] for f in flushed])
+        n = flushed[0][2]
         for m, a, b in zip(self.members, loss, norm, strict=True):
             m.sums[0] += float(a) * n
             m.sums[1] += float(b) * n
@@ -367,10 +412,14 @@ def _finish(m: _Member, step: int) -> None:
     m.finished = True
 
 
-def _train_members(members: list[_Member]) -> None:
+def _train_members(members: list[_Member], stack: int | None) -> None:
     """Train runs of one key to their end, merging the runs that are behind as they catch up."""
     for m in members:
         _open(m)
+    s = members[0].spec
+    width = max(m.rows.ids.shape[1] for m in members)
+    per_stack = stack or models_per_stack(len(members), s.batch_size, width,
+                                          s.model.intermediate, members[0].rt.device)
     total = members[0].plan.total
     progress = any(m.spec.progress for m in members)
     bar = _progress(total, min(m.step for m in members), progress)
@@ -383,7 +432,7 @@ def _train_members(members: list[_Member]) -> None:
             start = min(m.step for m in live)
             group = [m for m in live if m.step == start]
             stop = min([m.step for m in live if m.step > start] + [total])
-            pack = _Pack(group, len(members))
+            pack = _Pack(group, len(members), per_stack)
             if start == total:  # killed after its last checkpoint, before the final one
                 for m in group:
                     _finish(m, total)
@@ -395,8 +444,8 @@ def _train_members(members: list[_Member]) -> None:
 
 
 # -- the stage function ----------------------------------------------------------------------------
-def train_packed(specs: list[TrainSpec], outs: list[str | Path], regroup: bool = False
-                 ) -> list[Path]:
+def train_packed(specs: list[TrainSpec], outs: list[str | Path], regroup: bool = False,
+                 stack: int | None = None) -> list[Path]:
     """Train each `specs[i]` into `outs[i]` as one pack; returns each OUT/checkpoints/final.
 
     Each OUT ends exactly as `train(specs[i], outs[i])` would leave it; finished OUTs are
@@ -405,6 +454,9 @@ def train_packed(specs: list[TrainSpec], outs: list[str | Path], regroup: bool =
     with `regroup` the runs are split into compatible packs trained one after another (and a
     run whose spec is invalid fails alone). Runs that fail are reported by one `PackError`
     after the others have finished.
+
+    `stack` is how many runs share one stacked step (default: `models_per_stack`, all of
+    them on CUDA); it changes speed and float rounding, nothing else.
     """
     outs = [Path(o) for o in outs]
     if len(specs) != len(outs) or not specs:
@@ -438,7 +490,7 @@ def train_packed(specs: list[TrainSpec], outs: list[str | Path], regroup: bool =
         threads = group[0].spec.threads
         if threads:
             torch.set_num_threads(threads)
-        _train_members(group)
+        _train_members(group, stack)
         errors.update({str(m.out): m.error for m in group if m.error})
     if errors:
         raise PackError(errors, len(specs))
