@@ -230,12 +230,14 @@ def _probes(study: Study, dirs: dict[str, Path], states) -> str:
     tables, figs = [], []
     for step in _done(study, states, "probe"):
         d = dirs[step.name]
+        labels: list[str] = []
         if (d / "metrics.csv").is_file():
             frame = pd.read_csv(d / "metrics.csv")
             keep = [c for c in ("label", "layers", "x_test_r2", "y_test_r2", "test_mean_error",
                                 "test_median_error", "n_train", "n_test") if c in frame]
             tables.append(frame[keep].assign(probe=step.name))
-        figs += [(p, f"{step.name}: {p.stem}") for p in sorted(d.glob("*.png"))]
+            labels = [str(v) for v in frame.get("label", [])]
+        figs += [(p, f"{step.name}: {p.stem}") for p in _in_label_order(d.glob("*.png"), labels)]
     body = ""
     if tables:
         frame = pd.concat(tables, ignore_index=True)
@@ -244,6 +246,16 @@ def _probes(study: Study, dirs: dict[str, Path], states) -> str:
     return _section("World maps from linear probes", body,
                     "held-out cities: true position (grey) and probe prediction; R² per "
                     "coordinate on test cities")
+
+
+def _in_label_order(paths: Iterable[Path], labels: list[str]) -> list[Path]:
+    """Figures in the order of the table's rows (the study's order), not alphabetically."""
+    def rank(p: Path) -> tuple[int, str]:
+        hits = [i for i, label in enumerate(labels)
+                if p.stem.startswith(f"map_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in label)}_")]
+        return (hits[0] if hits else len(labels), p.name)
+
+    return sorted(paths, key=rank)
 
 
 def _figures_of(study: Study, dirs, states, kind: str, title: str) -> str:
