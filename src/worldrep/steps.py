@@ -251,6 +251,10 @@ def _labelled(items: list) -> list[dict]:
             out.append({"label": label, "reps": item})
         else:
             out.append(item)
+    labels = [item["label"] for item in out]
+    if twice := sorted({label for label in labels if labels.count(label) > 1}):
+        raise WorldrepError(f"'reps': the label(s) {', '.join(twice)} appear more than once; "
+                            "give each input its own label ({label, reps})")
     return out
 
 
@@ -505,7 +509,7 @@ class NIKind(StepKind):
         def merged(run: str, datasets: list[str]) -> dict:
             summary: dict = {}
             for d in datasets:
-                summary.update(_eval_summary(inputs[eval_name(run, d)]))
+                summary.update(eval_summary(inputs[eval_name(run, d)]))
             return summary
 
         finetuned = {item["label"]: merged(item["run"], spec["atlantis_data"])
@@ -513,10 +517,6 @@ class NIKind(StepKind):
         ni_matrix(finetuned, merged(spec["base"], spec["world_data"]),
                   merged(spec["base"], spec["atlantis_data"]),
                   _analysis_spec(NISpec, spec, self.OWN), out)
-
-
-def _eval_summary(path: Path) -> dict:
-    return eval_summary(path)
 
 
 def eval_summary(path: Path, checkpoint: str = "final") -> dict:
