@@ -27,6 +27,7 @@ from .. import artifacts
 from ..config import Strict
 from ..errors import WorldrepError
 from . import figures
+from .blas import single_blas_thread
 from .reps import Reps, load_reps
 
 Metric = Literal["linear_cka", "debiased_cka", "mutual_knn"]
@@ -48,12 +49,14 @@ def _check_pair(X, Y) -> None:
 
 
 # -- the measures on two matrices ------------------------------------------------------------
+@single_blas_thread
 def linear_cka(X, Y) -> float:
     """Centred linear CKA of two [n, d] feature matrices over the same rows."""
     _check_pair(X, Y)
     return _Prepared.of(X).linear_cka(_Prepared.of(Y))
 
 
+@single_blas_thread
 def debiased_cka(X, Y) -> float:
     """CKA with unbiased HSIC estimates: near 0 for independent features even when d ~ n."""
     _check_pair(X, Y)
@@ -62,6 +65,7 @@ def debiased_cka(X, Y) -> float:
     return _Prepared.of(X).debiased_cka(_Prepared.of(Y))
 
 
+@single_blas_thread
 def mutual_knn(X, Y, k: int = 10, metric: Literal["cosine", "euclidean"] = "cosine") -> float:
     """Mean over cities of |kNN_X(i) & kNN_Y(i)| / k (self excluded from the neighbours)."""
     _check_pair(X, Y)
@@ -187,6 +191,7 @@ def _shared_layers(runs: dict[str, Reps], wanted: list[int] | None) -> list[int]
     return list(wanted)
 
 
+@single_blas_thread
 def pairwise(prepared: dict[str, _Prepared], metric: str) -> pd.DataFrame:
     """Every unordered pair of distinct labels with its similarity."""
     rows = []

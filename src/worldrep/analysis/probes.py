@@ -21,6 +21,7 @@ from ..errors import WorldrepError
 from ..seeding import rng
 from ..world import World, load_world
 from . import figures
+from .blas import single_blas_thread
 from .reps import Reps, load_reps
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 17))
@@ -199,6 +200,7 @@ def split_cities(ids: np.ndarray, n_train: int, n_test: int, seed: int,
     return pick[:n_train], pick[n_train:]
 
 
+@single_blas_thread
 def fit_probe(X: np.ndarray, xy: np.ndarray, train: np.ndarray, test: np.ndarray,
               spec: ProbeSpec) -> tuple[dict, np.ndarray]:
     """Fit on train rows; metrics on train and test, and predictions for every row."""
@@ -233,6 +235,7 @@ def _layer_sets(reps: Reps, spec: ProbeSpec) -> list[list[int]]:
     return [spec.layers or stored]
 
 
+@single_blas_thread
 def probe_reps(reps: Reps, spec: ProbeSpec) -> tuple[list[dict], list[pd.DataFrame]]:
     """Metric rows and prediction tables, one per layer set."""
     rows = reps.select(spec.cities)
