@@ -245,15 +245,14 @@ def _pack_data(texts, prompt_len, k: int):
 
 def _packed_step(texts, prompt_len, device, k: int, total: int, stack: int | None = None):
     """One step of K runs trained as one pack (own rows, seeds and learning rates), stacked
-    as train_packed stacks them (models_per_stack: all on CUDA, cache-sized groups on CPU)."""
+    as train_packed stacks them (models_per_stack: all on CUDA, one at a time on CPU)."""
     from worldrep.packing import PackBatcher, models_per_stack
     from worldrep.train import AdamW, Rows, Runtime, Stepper, TrainSpec
 
     rt = Runtime.of(TrainSpec(data="-", device=str(device)))
     spec = ModelSpec()
     rows = [Rows.from_texts(t, p, rt.device) for t, p in _pack_data(texts, prompt_len, k)]
-    per = min(k, stack) if stack else models_per_stack(
-        k, BATCH, max(r.ids.shape[1] for r in rows), spec.intermediate, rt.device)
+    per = min(k, stack) if stack else models_per_stack(k, rt.device)
     stacks = []
     for first in range(0, k, per):
         seeds = list(range(42 + first, 42 + min(k, first + per)))

@@ -86,7 +86,7 @@ def close_weights(a: Path, b: Path, atol=1e-4) -> bool:
 @pytest.fixture(scope="module")
 def packed_60(datasets, tmp_path_factory) -> list[Path]:
     outs = [tmp_path_factory.mktemp("packed") / f"run{i}" for i in range(3)]
-    train_packed(three_specs(datasets), outs)
+    train_packed(three_specs(datasets), outs, stack=3)
     return outs
 
 
@@ -119,7 +119,7 @@ def test_packed_runs_match_unpacked_runs_over_200_steps(datasets, tmp_path):
                         eval={"every": 100, "rows_per_task": 8, "generate": False})
     singles = [train(s, tmp_path / f"alone{i}") for i, s in enumerate(specs)]
     outs = [tmp_path / f"packed{i}" for i in range(3)]
-    finals = train_packed(specs, outs)
+    finals = train_packed(specs, outs, stack=3)  # one stacked step, as on CUDA
     assert finals == [o / "checkpoints" / "final" for o in outs]
     for i, (single, out) in enumerate(zip(singles, outs, strict=True)):
         alone_dir = single.parent.parent
@@ -158,19 +158,22 @@ def test_runs_stepped_in_several_stacks_match_too(datasets, packed_60, tmp_path)
         assert np.allclose(losses(alone.parent.parent), losses(final.parent.parent), rtol=1e-4)
 
 
-def test_models_per_stack_keeps_cpu_ops_cache_sized():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert models_per_stack(42, 128, 26, 512, cuda) == 42  # one graph for the whole pack
-    assert models_per_stack(7, 128, 26, 512, cpu) == 1  # the reference model at batch 128
-    assert models_per_stack(7, 16, 38, 256, cpu) == 7  # tiny models at batch 16
-    assert models_per_stack(7, 128, 26, 256, cpu) == 2
+def test_runs_stepped_one_at_a_time_on_cpu_match(datasets, tmp_path):
+    """The CPU default: a pack steps its runs in turn, each exactly as alone."""
+    assert models_per_stack(7, torch.device("cpu")) == 1
+    assert models_per_stack(42, torch.device("cuda")) == 42
+    specs = three_specs(datasets, steps=12, checkpoints={}, eval=NO_EVAL)
+    outs = train_packed(specs, [tmp_path / f"run{i}" for i in range(3)])
+    for i, (s, final) in enumerate(zip(specs, outs, strict=True)):
+        alone = train(s, tmp_path / f"alone{i}")
+        assert close_weights(alone, final, atol=1e-6)
 
 
 def test_fine_tunes_from_different_checkpoints_pack(datasets, packed_60, tmp_path):
     starts = [p / "checkpoints" / "final" for p in packed_60[:2]]
     specs = [spec(datasets["dist"], model=None, init_from=str(s), optimizer={}, steps=8,
                   checkpoints={}, eval=NO_EVAL, seed=i) for i, s in enumerate(starts)]
-    outs = train_packed(specs, [tmp_path / "ft0", tmp_path / "ft1"])
+    outs = train_packed(specs, [tmp_path / "ft0", tmp_path / "ft1"], stack=2)
     for start, final, s, i in zip(starts, outs, specs, range(2), strict=True):
         first = weights(final.parent / "checkpoint-0")
         assert all(torch.equal(v, weights(start)[k]) for k, v in first.items())
@@ -209,12 +212,12 @@ def test_killed_pack_resumes_to_identical_weights(datasets, packed_60, tmp_path,
     outs = [tmp_path / f"run{i}" for i in range(3)]
     interrupt_at(monkeypatch, 47)
     with pytest.raises(KeyboardInterrupt):
-        train_packed(three_specs(datasets), outs)
+        train_packed(three_specs(datasets), outs, stack=3)
     monkeypatch.undo()
     for out in outs:
         assert not artifacts.is_complete(out)
         assert torch.load(out / "resume" / "state.pt", weights_only=True)["step"] == 40
-    train_packed(three_specs(datasets), outs)
+    train_packed(three_specs(datasets), outs, stack=3)
     for want, got in zip(packed_60, outs, strict=True):
         a, b = weights(want / "checkpoints" / "final"), weights(got / "checkpoints" / "final")
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -235,7 +238,7 @@ def test_pack_killed_while_checkpointing_catches_up_the_runs_behind(datasets, pa
 
     monkeypatch.setattr(_Loop, "checkpoint", dies_after_first)
     with pytest.raises(KeyboardInterrupt):
-        train_packed(three_specs(datasets), outs)
+        train_packed(three_specs(datasets), outs, stack=3)
     monkeypatch.undo()
     resumed = [torch.load(o / "resume" / "state.pt", weights_only=True)["step"] for o in outs]
     assert resumed == [40, 20, 20]
@@ -247,7 +250,7 @@ def test_pack_killed_while_checkpointing_catches_up_the_runs_behind(datasets, pa
         return original_call(self, ids, plen)
 
     monkeypatch.setattr(Stepper, "__call__", record_pack_size)
-    train_packed(three_specs(datasets), outs)
+    train_packed(three_specs(datasets), outs, stack=3)
     assert calls == [2] * 20 + [3] * 20
     for want, got in zip(packed_60, outs, strict=True):
         assert close_weights(want / "checkpoints" / "final", got / "checkpoints" / "final")
@@ -267,7 +270,7 @@ def test_pack_killed_while_finishing_finishes_the_rest(datasets, packed_60, tmp_
 
     monkeypatch.setattr(_Loop, "finish", dies_at_second)
     with pytest.raises(KeyboardInterrupt):
-        train_packed(three_specs(datasets), outs)
+        train_packed(three_specs(datasets), outs, stack=3)
     monkeypatch.undo()
     assert [artifacts.is_complete(o) for o in outs] == [True, False, False]
     # Run 1 saved its step-60 checkpoint and died finishing; run 2 never got to step 60.
@@ -281,7 +284,7 @@ def test_pack_killed_while_finishing_finishes_the_rest(datasets, packed_60, tmp_
         return original_call(self, ids, plen)
 
     monkeypatch.setattr(Stepper, "__call__", record_pack_size)
-    train_packed(three_specs(datasets), outs)
+    train_packed(three_specs(datasets), outs, stack=3)
     assert sizes == [1] * 20 and all(artifacts.is_complete(o) for o in outs)
     a, b = (weights(d / "checkpoints" / "final") for d in (packed_60[1], outs[1]))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -292,7 +295,7 @@ def test_a_run_of_a_killed_pack_resumes_alone(datasets, packed_60, tmp_path, mon
     outs = [tmp_path / f"run{i}" for i in range(3)]
     interrupt_at(monkeypatch, 25)
     with pytest.raises(KeyboardInterrupt):
-        train_packed(three_specs(datasets), outs)
+        train_packed(three_specs(datasets), outs, stack=3)
     monkeypatch.undo()
     final = train(three_specs(datasets)[1], outs[1])
     assert close_weights(packed_60[1] / "checkpoints" / "final", final)
@@ -313,7 +316,7 @@ def test_a_diverging_run_fails_alone_and_the_others_finish(datasets, tmp_path, m
     monkeypatch.setattr(StackedQwen2, "loss", poisoned)
     outs = [tmp_path / f"run{i}" for i in range(3)]
     with pytest.raises(PackError, match=r"1 of 3 packed runs failed.*run1.*diverged") as err:
-        train_packed(three_specs(datasets, eval=NO_EVAL), outs)
+        train_packed(three_specs(datasets, eval=NO_EVAL), outs, stack=3)
     assert list(err.value.errors) == [str(outs[1])]
     assert artifacts.is_complete(outs[0]) and artifacts.is_complete(outs[2])
     assert not artifacts.is_complete(outs[1])
@@ -352,6 +355,13 @@ def test_study_yaml_round_trip_of_run_spec(datasets, tmp_path):
 
 
 # -- the study runner -------------------------------------------------------------------------
+def stack_all(monkeypatch) -> None:
+    """Packs step as one stacked model on CPU too (as on CUDA)."""
+    from worldrep import packing
+
+    monkeypatch.setattr(packing, "models_per_stack", lambda k, device: k)
+
+
 def paper_with_packing(tmp_path: Path, limit: int = 42):
     from worldrep.study import load_study
 
@@ -436,10 +446,12 @@ def test_runner_trains_compatible_runs_as_one_pack_and_resumes_a_killed_one(
     jobs = step_jobs(study, out)
     units = executable_units([jobs[n] for n in ("a-1", "dist", "longer", "b", "a-2")], study)
     assert [[j.name for j in u] for u in units] == [["a-1", "b", "a-2"], ["dist"], ["longer"]]
+    stack_all(monkeypatch)
     interrupt_at(monkeypatch, 25)  # the pack of three dies at step 25
     with pytest.raises(KeyboardInterrupt):
         run_study(study, out, log=lambda _: None)
     monkeypatch.undo()
+    stack_all(monkeypatch)
     dirs = {n: study.step_dir(out, n) for n in ("a-1", "a-2", "b", "longer")}
     assert not any(artifacts.is_complete(d) for d in dirs.values())
     assert not any(cache.running_marker(d).exists() for d in dirs.values())
@@ -478,6 +490,7 @@ def test_a_failed_run_of_a_packed_unit_is_recorded_for_that_step_only(tmp_path, 
         return loss * torch.tensor([1.0, float("nan")]) if self.k == 2 else loss
 
     monkeypatch.setattr(StackedQwen2, "loss", poisoned)
+    stack_all(monkeypatch)
     out = tmp_path / "out"
     report = run_study(study, out, log=lambda _: None)
     assert "a-1" in report.ran

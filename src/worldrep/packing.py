@@ -15,10 +15,9 @@ token, so causal attention never lets a real position see one, and pad targets a
 of the loss, which each model averages over its own counted tokens. Only float rounding of the
 larger shapes differs: on CPU in fp32 a packed run's losses match its unpacked run's to ~1e-6.
 
-Stacks: on CUDA all runs of a pack share one stacked step (one compiled CUDA graph). On CPU a
-stacked step is as fast per model as a single run only while each op's tensors stay
-cache-sized, so the runs are stepped in stacks of `models_per_stack` (many tiny models, one
-reference model at batch 128): a pack there is never slower than its runs one after another.
+Stacks: on CUDA all runs of a pack share one stacked step (one compiled CUDA graph). On CPU,
+where a stacked step is slower per model than single runs, a pack steps its runs in turn
+(`models_per_stack`); `stack=N` stacks up to N runs per step on any device.
 
 Resume: every run resumes from its own `resume/state.pt`. If their steps differ (a pack killed
 while writing checkpoints, or a run that was trained alone for a while), the runs that are
@@ -260,21 +259,14 @@ def _mismatch(a: _Member, b: _Member) -> str:
 
 
 # -- the packed loop ---------------------------------------------------------------------------------
-# On CPU, a stacked step is as fast per model as a single run only while each op's tensors
-# stay cache-sized (and under glibc's 32 MB mmap threshold, above which every allocation
-# page-faults): stack at most this many activation elements (batch x width x MLP) per step.
-CPU_STACK_ELEMENTS = 2 ** 21
-
-
-def models_per_stack(k: int, batch_size: int, width: int, intermediate: int,
-                     device: torch.device) -> int:
-    """How many of a pack's K models share one stacked step: all on CUDA (one graph for the
-    pack); on CPU as many as keep an op's activations under CPU_STACK_ELEMENTS (tiny models
-    stack many, the reference model at batch 128 one: then a pack steps its runs in turn,
-    as fast as running them one after another)."""
-    if device.type != "cpu":
-        return k
-    return max(1, min(k, CPU_STACK_ELEMENTS // max(1, batch_size * width * intermediate)))
+def models_per_stack(k: int, device: torch.device) -> int:
+    """How many of a pack's K runs share one stacked step: all of them on CUDA, where one
+    tiny model leaves the device idle and the pack is one compiled CUDA graph. On CPU one:
+    there a stacked step was measured slower per model than single runs (by 0-10% for tiny
+    models, ~20% for the reference model at batch 128: each op's tensors outgrow the caches,
+    and above 32 MB glibc maps fresh pages for every allocation), so a CPU pack steps its runs
+    in turn, exactly as fast as running them one after another, in one process."""
+    return k if device.type != "cpu" else 1
 
 
 class _Stack:
@@ -416,10 +408,7 @@ def _train_members(members: list[_Member], stack: int | None) -> None:
     """Train runs of one key to their end, merging the runs that are behind as they catch up."""
     for m in members:
         _open(m)
-    s = members[0].spec
-    width = max(m.rows.ids.shape[1] for m in members)
-    per_stack = stack or models_per_stack(len(members), s.batch_size, width,
-                                          s.model.intermediate, members[0].rt.device)
+    per_stack = stack or models_per_stack(len(members), members[0].rt.device)
     total = members[0].plan.total
     progress = any(m.spec.progress for m in members)
     bar = _progress(total, min(m.step for m in members), progress)
@@ -455,8 +444,8 @@ def train_packed(specs: list[TrainSpec], outs: list[str | Path], regroup: bool =
     run whose spec is invalid fails alone). Runs that fail are reported by one `PackError`
     after the others have finished.
 
-    `stack` is how many runs share one stacked step (default: `models_per_stack`, all of
-    them on CUDA); it changes speed and float rounding, nothing else.
+    `stack` is at most how many runs share one stacked step (default: `models_per_stack`:
+    all on CUDA, one on CPU); it changes speed and float rounding, nothing else.
     """
     outs = [Path(o) for o in outs]
     if len(specs) != len(outs) or not specs:
