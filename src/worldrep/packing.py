@@ -22,8 +22,8 @@ where a stacked step is slower per model than single runs, a pack steps its runs
 Resume: every run resumes from its own `resume/state.pt`. If their steps differ (a pack killed
 while writing checkpoints, or a run that was trained alone for a while), the runs that are
 behind are trained first, in a pack of their own, until they reach the next run's step; then
-the packs merge. No run ever repeats or skips a step, so it ends with the weights it would
-have had without the interruption. A run that diverges stops with the same error as when alone
+the packs merge. No run ever repeats or skips a step, so it ends as it would have without the
+interruption (bit for bit when it resumes in the same stacks, else to float rounding). A run that diverges stops with the same error as when alone
 (its last good checkpoint is kept) and the others go on without it; `PackError` reports it at
 the end.
 """
