@@ -39,6 +39,7 @@ import torch.nn.functional as F
 import yaml
 
 from . import artifacts, tokenizer
+from .devices import resolve_device
 from .errors import WorldrepError
 from .tasks import get_task
 
@@ -49,20 +50,6 @@ CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 
 
 # -- devices and prompts -------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' picks cuda when available, else cpu; anything else must name a torch device."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise WorldrepError(f"unknown device '{device}'; allowed: auto, cpu, cuda, cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise WorldrepError(f"device '{device}' asked for but CUDA is not available; "
-                            "allowed here: auto, cpu")
-    return resolved
-
-
 def _prompt_matrix(prompt_ids, lengths=None) -> tuple[np.ndarray, np.ndarray]:
     """(ids [n, L] int64 right-padded, lengths [n]) from a 2-D array or a list of sequences."""
     if isinstance(prompt_ids, np.ndarray | torch.Tensor) and np.ndim(prompt_ids) == 2:

@@ -36,6 +36,7 @@ import torch
 
 from . import artifacts, tokenizer
 from .config import Strict, parse_config
+from .devices import resolve_device
 from .errors import WorldrepError
 from .model import (
     ModelSpec,
@@ -213,7 +214,7 @@ class Runtime:
 
     @staticmethod
     def of(spec: TrainSpec) -> Runtime:
-        device = _device(spec.device)
+        device = resolve_device(spec.device)
         cuda = device.type == "cuda"
         auto = "bf16" if cuda or _cpu_has_bf16() else "fp32"
         precision = spec.precision if spec.precision != "auto" else auto
@@ -239,19 +240,6 @@ def _cpu_has_bf16() -> bool:
                     and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise WorldrepError(f"unknown device '{name}'; allowed: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise WorldrepError(f"device '{name}' asked for but CUDA is not available; "
-                            "allowed here: auto, cpu")
-    return device
 
 
 # -- data --------------------------------------------------------------------------------------
