@@ -408,7 +408,12 @@ def test_plan_output_shows_the_packs(tmp_path):
     assert result.exit_code == 0, result.output
     assert "packing (pack: auto, at most 42 runs a pack)" in result.output
     assert "pft1-2, pft1-3" in result.output
-    plain = CliRunner().invoke(app, ["plan", "studies/paper.yaml"])
+    data = yaml.safe_load(Path("studies/paper.yaml").read_text())
+    data.pop("pack", None)
+    data.pop("pack_limit", None)
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    plain = CliRunner().invoke(app, ["plan", str(tmp_path / "plain.yaml"), "--scale", "1000"])
+    assert plain.exit_code == 0, plain.output
     assert "packing" not in plain.output  # pack: off is the default
 
 
