@@ -30,27 +30,17 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
-from worldrep import tokenizer
 from worldrep.evaluate import evaluate_frame, resolve_device
 from worldrep.tasks import get_task
 
 
 def reference_model(seed: int = 0) -> Qwen2ForCausalLM:
-    cfg = Qwen2Config(vocab_size=tokenizer.VOCAB_SIZE, hidden_size=128, num_hidden_layers=6,
-                      num_attention_heads=4, num_key_value_heads=4, intermediate_size=512,
-                      max_position_embeddings=256, pad_token_id=tokenizer.PAD,
-                      bos_token_id=tokenizer.BOS, eos_token_id=tokenizer.EOS)
-    model = Qwen2ForCausalLM(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.1)
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.zero_()
-    return model.eval()
+    """The reference architecture with the reference initialisation, as a plain HF module."""
+    from worldrep.model import ModelSpec, init_model, to_hf
+
+    return to_hf(init_model(ModelSpec(preset="reference"), seed))
 
 
 def distance_test_rows(n: int, tmp: Path):
