@@ -17,7 +17,7 @@ import pydantic
 
 from worldrep.artifacts import artifact_dir
 from worldrep.config import Strict
-from worldrep.steps import Ref, StepKind, register_kind
+from worldrep.study.kinds import Ref, StepKind, register_kind
 
 
 class FakeSpec(Strict):

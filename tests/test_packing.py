@@ -373,7 +373,7 @@ def paper_with_packing(tmp_path: Path, limit: int = 42):
 
 
 def test_planner_packs_the_paper_grids_by_architecture_and_length(tmp_path):
-    from worldrep.packplan import format_packs, plan_packs
+    from worldrep.study.units import format_packs, plan_packs
 
     study = paper_with_packing(tmp_path)
     packs = {names[0]: (key, names) for key, names in plan_packs(study)}
@@ -440,9 +440,8 @@ RUNNER_STUDY = {
 
 def test_runner_trains_compatible_runs_as_one_pack_and_resumes_a_killed_one(
         tmp_path, monkeypatch):
-    from worldrep import cache
-    from worldrep.executors import executable_units, run_study, step_jobs
-    from worldrep.study import load_study
+    from worldrep.study import cache, load_study
+    from worldrep.study.executors import executable_units, run_study, step_jobs
 
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(RUNNER_STUDY, sort_keys=False))
@@ -479,9 +478,8 @@ def test_runner_trains_compatible_runs_as_one_pack_and_resumes_a_killed_one(
 
 
 def test_a_failed_run_of_a_packed_unit_is_recorded_for_that_step_only(tmp_path, monkeypatch):
-    from worldrep import cache
-    from worldrep.executors import run_study
-    from worldrep.study import load_study
+    from worldrep.study import cache, load_study
+    from worldrep.study.executors import run_study
 
     data = yaml.safe_load(yaml.safe_dump(RUNNER_STUDY))
     data["runs"] = data["runs"][:1]
@@ -505,6 +503,6 @@ def test_a_failed_run_of_a_packed_unit_is_recorded_for_that_step_only(tmp_path, 
 
 
 def get_train_kind():
-    from worldrep.steps import get_kind
+    from worldrep.study.kinds import get_kind
 
     return get_kind("train")

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from study_fakes import read_value
-from worldrep import artifacts, cache
-from worldrep.executors import (
+from worldrep import artifacts
+from worldrep.study import cache
+from worldrep.study.executors import (
     InProcess,
     ProcessPool,
     Submitit,
@@ -23,7 +24,7 @@ from worldrep.executors import (
     run_study,
     slurm_parameters,
 )
-from worldrep.study import Resources, load_study
+from worldrep.study.load import Resources, load_study
 
 TESTS = Path(__file__).parent
 

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from worldrep.grid import task_name
 from worldrep.study import load_study
+from worldrep.study.grid import task_name
 
 TASKS = range(1, 8)
 

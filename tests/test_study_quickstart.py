@@ -7,9 +7,9 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from worldrep.cache import study_states
 from worldrep.cli import app
 from worldrep.study import load_study
+from worldrep.study.cache import study_states
 
 SECTIONS = ("Training", "Task metrics", "World maps from linear probes",
             "Representational similarity (CKA)", "Atlantis reconstruction error",

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from worldrep.cli import app
 from worldrep.errors import WorldrepError
-from worldrep.grid import expand, render
-from worldrep.study import format_plan, load_study
+from worldrep.study.grid import expand, render
+from worldrep.study.load import format_plan, load_study
 
 BASE = {
     "name": "s",

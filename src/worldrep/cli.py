@@ -333,7 +333,7 @@ def study_plan(
     scale: Annotated[float, typer.Option(help="divide every data size and step count by S")] = 1.0,
 ):
     """Print the expanded steps of a study and what each one reads."""
-    from .study import format_plan, load_study
+    from .study.load import format_plan, load_study
 
     typer.echo(format_plan(load_study(study, scale)))
 
@@ -354,8 +354,8 @@ def study_run(
         help="submitit cluster for --executor slurm: slurm (default), local or debug")] = None,
 ):
     """Run every step of a study that is missing or changed, in dependency order."""
-    from .executors import make_backend, resource_overrides, run_study
-    from .study import load_study
+    from .study.executors import make_backend, resource_overrides, run_study
+    from .study.load import load_study
 
     st = load_study(study, scale)
     target = _study_out(st, out)
@@ -377,8 +377,8 @@ def study_status(
     scale: Annotated[float, typer.Option(help="the scale the study was run with")] = 1.0,
 ):
     """Show which steps are done, running, failed (with the error) or pending."""
-    from .cache import format_status, study_states
-    from .study import load_study
+    from .study.cache import format_status, study_states
+    from .study.load import load_study
 
     st = load_study(study, scale)
     target = _study_out(st, out)
@@ -394,8 +394,8 @@ def study_report(
     html: Annotated[Path | None, typer.Option(help="where to write the page")] = None,
 ):
     """Write one self-contained HTML page with the study's runs, metrics and figures."""
-    from .report import write_report
-    from .study import load_study
+    from .study.load import load_study
+    from .study.report import write_report
 
     st = load_study(study, scale)
     path = write_report(st, _study_out(st, out), html)
@@ -413,9 +413,9 @@ def quickstart(
     """Run the quickstart study end to end (minutes on a 2-core CPU) and write its report."""
     import time
 
-    from .executors import make_backend, run_study
-    from .report import headlines, write_report
-    from .study import load_study
+    from .study.executors import make_backend, run_study
+    from .study.load import load_study
+    from .study.report import headlines, write_report
 
     start = time.time()
     st = load_study("quickstart", scale)

@@ -26,8 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import artifacts
-from .errors import WorldrepError
+from .. import artifacts
 
 RULE = ("runs pack together when they share architecture, total steps, batch size, device "
         "settings (device, precision, compile, cuda_graphs, pad_multiple, threads) and AdamW "
@@ -58,7 +57,7 @@ class PackKey:
 
 
 def _arch(study, name: str) -> tuple:
-    from .model import ModelSpec
+    from ..model import ModelSpec
 
     spec = study.steps[name].spec
     if spec.get("model"):
@@ -75,7 +74,7 @@ def train_rows(study, name: str, built: dict[str, str] | None = None) -> int | N
     names one, else from the specs; None when neither tells."""
     path = (built or {}).get(name)
     if path and artifacts.is_complete(path):
-        from .data import dataset_meta
+        from ..data import dataset_meta
 
         sizes = dataset_meta(path).get("sizes") or {}
         if "train" in sizes:
@@ -178,57 +177,3 @@ def format_packs(study, out: Path | None = None) -> str:
         lines += textwrap.wrap(", ".join(names), width=100, initial_indent="      ",
                                subsequent_indent="      ")
     return "\n".join(lines)
-
-
-def run_packed_unit(unit: list) -> list:
-    """Run a unit of train jobs as one pack (the worker side of a packed unit): each job's
-    outcome is whether its run directory is finished; a run's failure is recorded beside
-    its directory as for a single step."""
-    import time
-
-    from . import cache
-    from .executors import Outcome
-    from .packing import PackError, train_packed
-    from .study import import_plugins
-
-    start = time.time()
-    todo = []
-    outcomes = {}
-    for job in unit:
-        if artifacts.is_complete(job.out):
-            outcomes[job.name] = Outcome(job.name, True)
-        else:
-            todo.append(job)
-    names = [job.name for job in todo]
-    failures: dict[str, BaseException] = {}
-    for job in todo:
-        cache.remove_stale_temps(Path(job.out))
-        cache.mark_running(Path(job.out), step=job.name, pack=names)
-    try:
-        import_plugins(todo[0].plugins if todo else [])
-        specs = [_train_spec(job) for job in todo]
-        train_packed(specs, [job.out for job in todo], regroup=True)
-    except PackError as err:
-        failures = {str(Path(out)): WorldrepError(msg) for out, msg in err.errors.items()}
-    except Exception as err:  # noqa: BLE001 - recorded for every unfinished run of the pack
-        failures = {str(Path(job.out)): err for job in todo}
-    finally:
-        for job in todo:
-            cache.clear_running(Path(job.out))
-    seconds = time.time() - start
-    for job in todo:
-        out = Path(job.out)
-        if artifacts.is_complete(out):
-            cache.clear_failure(out)
-            outcomes[job.name] = Outcome(job.name, True, None, seconds)
-            continue
-        err = failures.get(str(out), WorldrepError("the pack ended without finishing this run"))
-        record = cache.record_failure(out, err)
-        outcomes[job.name] = Outcome(job.name, False, record["error"], seconds)
-    return [outcomes[job.name] for job in unit]
-
-
-def _train_spec(job):
-    from .steps import get_kind
-
-    return get_kind("train").train_spec(job.spec, {k: Path(v) for k, v in job.inputs.items()})

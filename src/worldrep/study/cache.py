@@ -22,8 +22,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import artifacts
-from .study import Step, Study
+from .. import artifacts
+from .load import Step, Study
 
 STATES = ("done", "running", "failed", "pending", "blocked")
 

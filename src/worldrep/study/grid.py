@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import WorldrepError
+from ..errors import WorldrepError
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)((?:\[\d+\]|\.[A-Za-z_]\w*)*)\}")
 ACCESSOR = re.compile(r"\[(\d+)\]|\.([A-Za-z_]\w*)")
@@ -70,7 +70,7 @@ class GridValue:
 
 def task_name(value: Any) -> str:
     """A task given by number (1..7, as int or digit string) or name -> its registered name."""
-    from .tasks.registry import TASKS, get_task
+    from ..tasks.registry import TASKS, get_task
 
     if isinstance(value, tuple):
         raise WorldrepError(f"{value!r} is a combination, not a task")
@@ -86,7 +86,7 @@ def task_name(value: Any) -> str:
 
 
 def task_number(value: Any) -> int:
-    from .tasks.registry import get_task
+    from ..tasks.registry import get_task
 
     task = get_task(task_name(value))
     if not task.number:
