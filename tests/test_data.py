@@ -5,9 +5,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from worldrep.artifacts import read_manifest
 from worldrep.data import DatasetSpec, build_rows, load_split, make_dataset
 from worldrep.errors import WorldrepError
-from worldrep.mixing import MixSpec, make_mixture
+from worldrep.mixing import MixSource, MixSpec, make_mixture
 from worldrep.tasks import get_task, task_names
 
 SMALL = dict(n_train=600, n_val=50, n_test=200)
@@ -183,3 +184,23 @@ def test_unbalanced_true_ratio_exact_per_split(world, name, ratio):
     for split, n in spec.sizes.items():
         answers = splits[split]["answer"].to_pylist()
         assert answers.count("TRUE") == round(n * ratio), split
+
+
+def test_mixture_is_the_same_bytes_wherever_its_sources_lie(two_sets, tmp_path):
+    """Seeded by the sources' content, never their paths: copies of the same sources in other
+    directories give byte-identical splits (the draw once depended on the path)."""
+    import shutil
+
+    a, b = two_sets
+    moved = tmp_path / "elsewhere" / "deeper"
+    moved.mkdir(parents=True)
+    a2, b2 = shutil.copytree(a, moved / "x"), shutil.copytree(b, moved / "y")
+    outs = []
+    for i, (pa, pb) in enumerate([(a, b), (a2, b2)]):
+        spec = MixSpec(sources=[MixSource(path=str(pa), n=300, name="first"),
+                                MixSource(path=str(pb), n=200, name="second")])
+        outs.append(make_mixture(spec, tmp_path / f"mix{i}"))
+    for name in ("train.parquet", "validation.parquet", "test.parquet", "cities.parquet",
+                 "meta.json", "spec.yaml"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    assert read_manifest(outs[0])["hash"] == read_manifest(outs[1])["hash"]

@@ -37,6 +37,33 @@ def read_manifest(path: str | Path) -> dict:
     return json.loads((Path(path) / MANIFEST).read_text())
 
 
+def content_id(path: str | Path) -> str:
+    """The identity of a finished artifact (its manifest's hash): what another artifact
+    records of an input instead of its path, which may differ on every machine."""
+    from .errors import WorldrepError
+
+    path = Path(path)
+    if path.is_file():  # a file of an artifact (e.g. a reps.npz): its directory's identity
+        path = path.parent
+    if not is_complete(path):
+        raise WorldrepError(f"{path} is not a finished artifact (no {MANIFEST})")
+    return read_manifest(path)["hash"]
+
+
+def save_npz(path: str | Path, **arrays) -> None:
+    """np.savez with fixed zip timestamps, so that equal arrays give equal bytes (np.savez
+    stamps every member with the current time)."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -85,7 +85,8 @@ def data_make(
 def data_mix(
     out: Annotated[Path, typer.Option(help="output directory")],
     source: Annotated[list[str], typer.Option(
-        help="DIR or DIR:N (N train rows sampled from DIR); repeat for each source")] = None,
+        help="[LABEL=]DIR[:N] (N train rows sampled from DIR, labelled LABEL in the source "
+             "column, default the directory name); repeat for each source")] = None,
     mode: Annotated[str, typer.Option(help="sample or concat")] = "sample",
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     config: Annotated[Path | None, typer.Option(help="mixture spec YAML")] = None,

@@ -8,7 +8,6 @@ Tasks with balanced labels get exactly their target share of each label in every
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from .tasks.base import Items, Sampling, Task
 from .world import World, load_world
 
 SPLITS = ("train", "validation", "test")
+WORLD_FILE = "cities.parquet"  # a dataset's copy of its world's city table
 
 
 class DatasetSpec(Strict):
@@ -209,10 +209,13 @@ def _as_table(frame: pd.DataFrame | pa.Table) -> pa.Table:
 
 
 def write_dataset(out: str | Path, splits: dict[str, pd.DataFrame], spec: dict,
-                  meta: dict, kind: str = "dataset") -> Path:
+                  meta: dict, world: World, kind: str = "dataset") -> Path:
+    """Write the splits, with a copy of the world's city table: a dataset is scored against
+    its own cities wherever it is moved (it never points at another directory)."""
     with artifacts.artifact_dir(out) as tmp:
         for split, frame in splits.items():
             pq.write_table(_as_table(frame), tmp / f"{split}.parquet")
+        pq.write_table(_as_table(world.cities), tmp / WORLD_FILE)
         lengths = np.concatenate([np.asarray(f["n_tokens"]) for f in splits.values()])
         stats = {
             "sizes": {k: len(v) for k, v in splits.items()},
@@ -234,11 +237,9 @@ def make_dataset(world: World | str | Path, spec: DatasetSpec, out: str | Path) 
     if not isinstance(world, World):
         world = load_world(world)
     splits, meta = build_rows(world, spec)
-    world_path = str(Path(world.path).resolve()) if world.path else None
-    full_spec = {"dataset": spec.model_dump(mode="json"), "world": world_path,
-                 "world_hash": world.hash}
-    meta.update({"world": world_path, "world_hash": world.hash, "seed": spec.seed})
-    return write_dataset(out, splits, full_spec, meta)
+    full_spec = {"dataset": spec.model_dump(mode="json"), "world_hash": world.hash}
+    meta.update({"world_hash": world.hash, "seed": spec.seed})
+    return write_dataset(out, splits, full_spec, meta, world)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -257,19 +258,10 @@ def dataset_meta(path: str | Path) -> dict:
 
 
 def dataset_world(path: str | Path) -> World:
-    """The world a dataset (or mixture) was generated from."""
-    meta = dataset_meta(path)
-    world = meta.get("world")
-    if not world:
-        raise WorldrepError(f"dataset {path} does not record its world")
-    return load_world(world)
+    """The world a dataset (or mixture) was generated from: its own copy of the cities."""
+    path = Path(path)
+    if not (path / WORLD_FILE).is_file():
+        raise WorldrepError(f"dataset {path} holds no {WORLD_FILE}; it was written by an older "
+                            "worldrep: make it again")
+    return World(pd.read_parquet(path / WORLD_FILE), hash=dataset_meta(path)["world_hash"])
 
-
-def tokenized(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids [n, L] uint8 with <bos>/<eos>, lengths, prompt lengths) for training."""
-    ids, lengths = tokenizer.encode(frame["text"].to_numpy())
-    return ids, lengths, frame["prompt_len"].to_numpy(np.int64)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)

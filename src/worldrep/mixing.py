@@ -8,7 +8,6 @@ for the sum of its requests, so no row is duplicated. Each row keeps a `source` 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Literal
@@ -20,7 +19,7 @@ import pydantic
 
 from . import artifacts
 from .config import Strict
-from .data import SPLITS, dataset_meta, write_dataset
+from .data import SPLITS, dataset_meta, dataset_world, write_dataset
 from .errors import WorldrepError
 from .seeding import rng as make_rng
 
@@ -45,11 +44,14 @@ class MixSpec(Strict):
 
 
 def parse_source(text: str) -> dict:
-    """'DIR' or 'DIR:N' from the command line."""
+    """'[LABEL=]DIR[:N]' from the command line (the label defaults to the directory's name)."""
+    label, sep, rest = text.partition("=")
+    out = {"name": label} if sep and label else {}
+    text = rest if sep else text
     path, sep, n = text.rpartition(":")
     if sep and n.isdigit():
-        return {"path": path, "n": int(n)}
-    return {"path": text}
+        return {**out, "path": path, "n": int(n)}
+    return {**out, "path": text}
 
 
 def _split_sizes(src: MixSource, sizes: dict[str, int], mode: str) -> dict[str, int]:
@@ -70,30 +72,40 @@ def _split_sizes(src: MixSource, sizes: dict[str, int], mode: str) -> dict[str, 
     return out
 
 
-def build_mixture(spec: MixSpec) -> tuple[dict[str, pa.Table], dict]:
+def _source_ids(spec: MixSpec) -> dict[str, str]:
+    """Each source path's content hash (its manifest's): what seeds and identifies it."""
+    ids = {}
     for src in spec.sources:
         if not artifacts.is_complete(src.path):
             raise WorldrepError(f"mixture source {src.path} is not a finished dataset "
                                 f"(missing manifest.json)")
+        ids[src.path] = artifacts.read_manifest(src.path)["hash"]
+    return ids
+
+
+def build_mixture(spec: MixSpec) -> tuple[dict[str, pa.Table], dict]:
+    ids = _source_ids(spec)
     metas = {src.path: dataset_meta(src.path) for src in spec.sources}
     worlds = {m.get("world_hash") for m in metas.values()}
     if len(worlds) > 1:
         raise WorldrepError("mixture sources come from different worlds: "
                             + ", ".join(f"{p} ({m.get('world_hash')})" for p, m in metas.items()))
-    # Group repeated sources so that one draw without replacement serves all their requests.
-    by_path: dict[str, list[tuple[MixSource, dict[str, int]]]] = {}
+    # Repeated sources (by content, whatever their paths) share one draw without replacement.
+    by_source: dict[str, list[tuple[MixSource, dict[str, int]]]] = {}
     for src in spec.sources:
         sizes = metas[src.path]["sizes"]
-        by_path.setdefault(src.path, []).append((src, _split_sizes(src, sizes, spec.mode)))
+        by_source.setdefault(ids[src.path], []).append((src, _split_sizes(src, sizes, spec.mode)))
     out: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
-    for path, requests in by_path.items():
+    for source_id, requests in by_source.items():
+        path = requests[0][0].path
         for split in SPLITS:
             table = pq.read_table(Path(path) / f"{split}.parquet")
             total = sum(sizes[split] for _, sizes in requests)
             if total > table.num_rows:
                 raise WorldrepError(f"mixture: {path} is listed {len(requests)} times asking "
                                     f"{total} {split} rows in all; it has {table.num_rows}")
-            g = make_rng(spec.seed, "mix", path, split)
+            # Seeded by the source's content, never by where it lies.
+            g = make_rng(spec.seed, "mix", source_id, split)
             order = (np.arange(table.num_rows) if spec.mode == "concat"
                      else g.permutation(table.num_rows)[:total])
             start = 0
@@ -110,19 +122,22 @@ def build_mixture(spec: MixSpec) -> tuple[dict[str, pa.Table], dict]:
                                .permutation(table.num_rows))
         tables[split] = table
     first = metas[spec.sources[0].path]
-    meta = {"mode": spec.mode, "world": first.get("world"), "world_hash": first.get("world_hash"),
-            "sources": [{"path": s.path, "label": s.label,
+    meta = {"mode": spec.mode, "world_hash": first.get("world_hash"),
+            "sources": [{"label": s.label, "hash": ids[s.path],
                          "sizes": _split_sizes(s, metas[s.path]["sizes"], spec.mode)}
                         for s in spec.sources]}
     return tables, meta
 
 
+def identity(spec: MixSpec) -> dict:
+    """What a mixture is: its settings and its sources by label and content, no paths."""
+    ids = _source_ids(spec)
+    sources = [{**s.model_dump(mode="json", exclude={"path", "name"}), "label": s.label,
+                "hash": ids[s.path]} for s in spec.sources]
+    return {"mixture": {**spec.model_dump(mode="json", exclude={"sources"}), "sources": sources}}
+
+
 def make_mixture(spec: MixSpec, out: str | Path) -> Path:
     tables, meta = build_mixture(spec)
-    full_spec = {"mixture": spec.model_dump(mode="json"),
-                 "inputs": {s.path: artifacts.read_manifest(s.path)["hash"] for s in spec.sources}}
-    return write_dataset(out, tables, full_spec, meta, kind="mixture")
-
-
-def mixture_sources(path: str | Path) -> list[dict]:
-    return json.loads((Path(path) / "meta.json").read_text()).get("sources", [])
+    world = dataset_world(spec.sources[0].path)
+    return write_dataset(out, tables, identity(spec), meta, world, kind="mixture")

@@ -121,10 +121,12 @@ def build_world(config: WorldConfig | None = None) -> pd.DataFrame:
 class World:
     """A loaded city table with the arrays tasks need: x, y, ids, id -> row lookup."""
 
-    def __init__(self, cities: pd.DataFrame, path: Path | None = None, spec: dict | None = None):
+    def __init__(self, cities: pd.DataFrame, path: Path | None = None, spec: dict | None = None,
+                 hash: str | None = None):
         self.cities = cities.reset_index(drop=True)
         self.path = path
         self.spec = spec or {}
+        self._hash = hash  # a copy of a world (inside a dataset) keeps its world's hash
         self.x = self.cities["x"].to_numpy(np.int64)
         self.y = self.cities["y"].to_numpy(np.int64)
         self.ids = self.cities["city_id"].to_numpy(np.int64)
@@ -150,7 +152,7 @@ class World:
 
     @property
     def hash(self) -> str:
-        return artifacts.spec_hash(self.spec)
+        return self._hash or artifacts.spec_hash(self.spec)
 
 
 def save_world(cities: pd.DataFrame, out: str | Path, config: WorldConfig) -> Path:

@@ -240,7 +240,7 @@ def cka_matrix(reps_paths: dict[str, str | Path], spec: CKASpec | None = None,
             long.append(pairs)
             matrices[(metric, layer)] = seed_aware_matrix(pairs, list(runs), spec.seed_separator)
     full_spec = {"cka": spec.model_dump(mode="json"),
-                 "reps": {k: str(Path(v).resolve()) for k, v in reps_paths.items()}}
+                 "reps": {k: artifacts.content_id(v) for k, v in reps_paths.items()}}
     with artifacts.artifact_dir(out) as tmp:
         table = pd.concat(long, ignore_index=True)
         table["config_a"] = table["label_a"].map(lambda s: config_of(s, spec.seed_separator))

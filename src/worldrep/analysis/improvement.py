@@ -196,9 +196,10 @@ def ni_matrix(finetuned: dict, base_world, base_atlantis, spec: NISpec | None = 
     single = [c for c in configs if spec.task_separator not in c]
     multi = [c for c in configs if spec.task_separator in c]
     dev = deviation_table(long, spec.task_separator)
+    # The identity is what was compared (the summaries' numbers), not where they were read.
     full_spec = {"ni": spec.model_dump(mode="json"),
-                 "finetuned": {str(k): v if isinstance(v, dict) else str(v)
-                               for k, v in finetuned.items()}}
+                 "rows": long[["label", "task", "metric", "value", "base_world",
+                               "base_atlantis"]].to_dict("records")}
     with artifacts.artifact_dir(out) as tmp:
         long.to_csv(tmp / "ni_long.csv", index=False)
         for name, group in (("single", single), ("multi", multi)):

@@ -279,8 +279,8 @@ def run_probe(reps_path, world: World | str | Path | None = None, spec: ProbeSpe
         preds += [frame.assign(label=label) for frame in p]
     table = pd.DataFrame(tables)
     full_spec = {"probe": spec.model_dump(mode="json"),
-                 "reps": {k: str(v.resolve()) for k, v in paths.items()},
-                 "world": str(world.path) if world is not None and world.path else None}
+                 "reps": {k: artifacts.content_id(v) for k, v in paths.items()},
+                 "world": world.hash if world is not None else None}
     with artifacts.artifact_dir(out) as tmp:
         table.to_csv(tmp / "metrics.csv", index=False)
         pd.concat(preds, ignore_index=True).to_parquet(tmp / "predictions.parquet", index=False)

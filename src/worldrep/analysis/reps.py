@@ -316,7 +316,7 @@ def save_reps(out: str | Path, cities: pd.DataFrame, layers, positions, vectors:
     arrays = {f"city_{c}": cities[c].to_numpy() for c in CITY_COLUMNS}
     arrays = {k: (v.astype(str) if v.dtype == object else v) for k, v in arrays.items()}
     with artifacts.artifact_dir(out) as tmp:
-        np.savez(tmp / REPS_FILE, vectors=vectors, layers=np.asarray(layers, np.int64),
+        artifacts.save_npz(tmp / REPS_FILE, vectors=vectors, layers=np.asarray(layers, np.int64),
                  positions=np.asarray(positions, str), **arrays)
         artifacts.write_spec(tmp, spec)
         artifacts.write_manifest(tmp, "representations", spec, n_cities=len(cities),
