@@ -440,7 +440,7 @@ RUNNER_STUDY = {
 
 def test_runner_trains_compatible_runs_as_one_pack_and_resumes_a_killed_one(
         tmp_path, monkeypatch):
-    from worldrep.study import cache, load_study
+    from worldrep.study import cache, load_study, locks
     from worldrep.study.executors import executable_units, run_study, step_jobs
 
     path = tmp_path / "study.yaml"
@@ -458,7 +458,7 @@ def test_runner_trains_compatible_runs_as_one_pack_and_resumes_a_killed_one(
     stack_all(monkeypatch)
     dirs = {n: study.step_dir(out, n) for n in ("a-1", "a-2", "b", "longer")}
     assert not any(artifacts.is_complete(d) for d in dirs.values())
-    assert not any(cache.running_marker(d).exists() for d in dirs.values())
+    assert not any(locks.lock_file(d).exists() for d in dirs.values())
     states = cache.study_states(study, out)
     assert states["a-1"].state == "pending"
     steps = [torch.load(dirs[n] / "resume" / "state.pt", weights_only=True)["step"]
@@ -499,7 +499,7 @@ def test_a_failed_run_of_a_packed_unit_is_recorded_for_that_step_only(tmp_path, 
     assert "a-1" in report.ran
     assert list(report.failed) == ["a-2"] and "diverged" in report.failed["a-2"]
     state = cache.study_states(study, out)["a-2"]
-    assert state.state == "failed" and "WorldrepError: training diverged" in state.error
+    assert state.state == "failed" and "WorldrepError: training diverged" in state.why
 
 
 def get_train_kind():

@@ -116,7 +116,7 @@ def test_a_failure_skips_its_dependents_only_and_is_reported(tmp_path, fake_log)
     assert set(report.skipped) == {"b-1-2", "b-2-1", "b-2-3", "b-3-2", "c"}
     assert set(report.ran) == {"a-1", "a-3", "b-1-3", "b-3-1"}
     states = cache.study_states(study, out)
-    assert states["a-2"].state == "failed" and "ValueError: asked to fail" in states["a-2"].error
+    assert states["a-2"].state == "failed" and "ValueError: asked to fail" in states["a-2"].why
     assert states["c"].state == "blocked" and states["b-1-2"].state == "blocked"
     text = cache.format_status(study, out, states)
     assert "failed   fake     a-2" in text and "asked to fail" in text
@@ -126,7 +126,7 @@ def test_a_failure_skips_its_dependents_only_and_is_reported(tmp_path, fake_log)
     again = run_study(fixed, out, log=lambda _: None)
     assert again.ok and set(again.ran) == {"a-2", "b-1-2", "b-2-1", "b-2-3", "b-3-2", "c"}
     assert values(fixed, out) == expected_values()
-    assert not cache.failure_marker(fixed.step_dir(out, "a-2")).exists()
+    assert not cache.failure_file(fixed.step_dir(out, "a-2")).exists()
 
 
 def test_worker_processes_give_the_same_results(tmp_path, fake_log):

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from worldrep.cli import app
 from worldrep.errors import WorldrepError
 from worldrep.study.grid import expand, render
-from worldrep.study.load import format_plan, load_study
+from worldrep.study.load import load_study
+from worldrep.study.plan import format_plan
 
 BASE = {
     "name": "s",

@@ -332,11 +332,24 @@ def _study_out(study, out: Path | None) -> Path:
 def study_plan(
     study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
     scale: Annotated[float, typer.Option(help="divide every data size and step count by S")] = 1.0,
+    executor: Annotated[str, typer.Option(
+        help="local or slurm (slurm: also print the jobs it would submit)")] = "local",
+    json_: Annotated[bool, typer.Option("--json", help="every step as JSON: kind, name, "
+                                        "hash, inputs, resolved spec")] = False,
 ):
     """Print the expanded steps of a study and what each one reads."""
-    from .study.load import format_plan, load_study
+    from .study.load import load_study
+    from .study.plan import format_plan, plan_json
 
-    typer.echo(format_plan(load_study(study, scale)))
+    if executor not in ("local", "slurm"):
+        raise WorldrepError(f"unknown executor '{executor}'; allowed: local, slurm")
+    st = load_study(study, scale)
+    if json_:
+        import json
+
+        typer.echo(json.dumps(plan_json(st), indent=1, default=str))
+    else:
+        typer.echo(format_plan(st, executor))
 
 
 @app.command("run")
@@ -353,6 +366,9 @@ def study_run(
         help="slurm settings KEY=VALUE or KIND.KEY=VALUE, e.g. train.gpus=1; repeatable")] = None,
     cluster: Annotated[str | None, typer.Option(
         help="submitit cluster for --executor slurm: slurm (default), local or debug")] = None,
+    accept_code: Annotated[bool, typer.Option(
+        help="treat code changes as cosmetic for this run: keep finished steps whose spec "
+             "and inputs are unchanged instead of redoing them")] = False,
 ):
     """Run every step of a study that is missing or changed, in dependency order."""
     from .study.executors import make_backend, resource_overrides, run_study
@@ -364,7 +380,7 @@ def study_run(
     backend = make_backend(executor, st, target, jobs=jobs, resources=res,
                            cluster=cluster or ("slurm" if executor == "slurm" else None))
     typer.echo(f"study {st.name}: {len(st.steps)} steps, output in {target}")
-    report = run_study(st, target, backend, log=typer.echo, only=step)
+    report = run_study(st, target, backend, log=typer.echo, only=step, accept_code=accept_code)
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(1)
@@ -377,13 +393,33 @@ def study_status(
     out: Annotated[Path | None, typer.Option(help="study output directory")] = None,
     scale: Annotated[float, typer.Option(help="the scale the study was run with")] = 1.0,
 ):
-    """Show which steps are done, running, failed (with the error) or pending."""
+    """Show which steps are done, running (and who holds them), failed (with the error), or
+    due to run and why (new, spec/input/code changed, failed before)."""
     from .study.cache import format_status, study_states
     from .study.load import load_study
 
     st = load_study(study, scale)
     target = _study_out(st, out)
     typer.echo(format_status(st, target, study_states(st, target)))
+
+
+@app.command("unlock")
+@friendly
+def study_unlock(
+    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
+    out: Annotated[Path | None, typer.Option(help="study output directory")] = None,
+    scale: Annotated[float, typer.Option(help="the scale the study was run with")] = 1.0,
+    force: Annotated[bool, typer.Option(
+        help="also clear locks of live runners on this host and of queued Slurm jobs")] = False,
+):
+    """Clear step locks whose holders cannot be vouched for from here (gone, or on another
+    host). A dead runner's locks on this host are broken automatically anyway."""
+    from .study.cache import clear_locks
+    from .study.load import load_study
+
+    st = load_study(study, scale)
+    cleared = clear_locks(st, _study_out(st, out), force=force)
+    typer.echo(f"cleared {len(cleared)} lock(s)" + (": " + ", ".join(cleared) if cleared else ""))
 
 
 @app.command("report")

@@ -206,7 +206,8 @@ def pca_html(path, coords, regions, synthetic, hover, explained=None, title: str
 
     fig = go.Figure(_scatter3d_traces(coords, regions, synthetic, hover))
     fig.update_layout(title=title, scene=_scene(coords, explained), legend={"itemsizing": "constant"})
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    # A fixed div id: the same figure gives the same bytes (plotly draws a random one).
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True, div_id="pca")
     return Path(path)
 
 
@@ -229,7 +230,8 @@ def timeline_html(path, frames: dict[str, np.ndarray], regions, synthetic, hover
                       sliders=[{"steps": steps, "currentvalue": {"prefix": "checkpoint: "}}],
                       updatemenus=[{"type": "buttons", "buttons": [play], "x": 0, "y": 0}],
                       legend={"itemsizing": "constant"})
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True, auto_play=False)
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True, auto_play=False,
+                   div_id="timeline")
     return Path(path)
 
 

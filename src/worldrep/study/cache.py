@@ -1,13 +1,16 @@
-"""The artifact cache of a study: which steps are done, running, failed or pending.
+"""The artifact cache of a study: which steps are done, running, failed or due, and why.
 
-A step's artifact directory `OUT/<kind>/<name>-<hash>` is done when it holds `manifest.json`
-(written last). Beside it, two small marker files tell the rest:
+A step's artifact directory `OUT/<kind>/<name>-<hash>` (worldrep.study.identity says what the
+hash covers) is done when it holds `manifest.json`, written last. Beside it:
 
-  <name>-<hash>.running.json   pid, host and start time of whoever runs it now
-  <name>-<hash>.failed.json    the error and traceback of its last failure
+  <name>-<hash>.step.json    what the directory is meant to hold: the step's identity record
+  <name>-<hash>.lock         who runs it now (worldrep.study.locks)
+  <name>-<hash>.failed.json  the error and traceback of its last failure
 
-A running marker whose process is gone (a killed runner) means the step is pending again; a
-half-written directory without manifest is never taken as done and is redone.
+A step that is not done is due, for one reason: it is new, its spec, an input or its code
+changed since its last finished directory (read from that directory's step record), or it
+failed before. A half-written directory without manifest is never taken as done; a step never
+runs on an input that is not done.
 """
 
 from __future__ import annotations
@@ -16,31 +19,33 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import artifacts
+from . import locks
+from .identity import changes
 from .load import Step, Study
 
 STATES = ("done", "running", "failed", "pending", "blocked")
+RECORD, FAILED = ".step.json", ".failed.json"
 
 
 @dataclass
 class StepState:
     state: str  # one of STATES
-    error: str | None = None  # failed: the error line; blocked: which dependency
-    info: dict | None = None  # running: pid/host/start; failed: the failure record
+    why: str | None = None  # pending: why it is due; failed: the error; blocked: the input
+    info: dict | None = None  # running: the lock holder; failed: the failure record
 
 
-def running_marker(path: Path) -> Path:
-    return path.with_name(f"{path.name}.running.json")
+def record_file(path: Path) -> Path:
+    return path.with_name(f"{path.name}{RECORD}")
 
 
-def failure_marker(path: Path) -> Path:
-    return path.with_name(f"{path.name}.failed.json")
+def failure_file(path: Path) -> Path:
+    return path.with_name(f"{path.name}{FAILED}")
 
 
 def _read(path: Path) -> dict | None:
@@ -50,64 +55,14 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def step_record(step: Step) -> dict:
+    """What a step's directory is meant to hold: name, where it was declared, identity."""
+    return {"name": step.name, "origin": step.origin, **step.identity.record()}
 
 
-def slurm_job_alive(job_id: str) -> bool:
-    """Whether Slurm still knows the job as pending or running (True if it cannot tell)."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return True
-    return out.returncode != 0 or bool(out.stdout.strip())
-
-
-def is_live(info: dict | None) -> bool:
-    """A running marker is live if its process still exists; a queued or remote Slurm job if
-    Slurm still lists it; another host's process is assumed alive."""
-    if not info:
-        return False
-    if info.get("slurm_job_id"):
-        return slurm_job_alive(info["slurm_job_id"])
-    if info.get("host") != socket.gethostname():
-        return True
-    return process_alive(int(info.get("pid", -1)))
-
-
-def mark_queued(path: Path, job_id: str) -> None:
-    """A step submitted to Slurm and not yet started: a rerun must not submit it again."""
+def write_record(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json_atomic(running_marker(path), {
-        "pid": -1, "host": "slurm", "queued": time.time(), "started": time.time(),
-        "slurm_job_id": str(job_id)})
-
-
-def clear_marker(path: Path) -> None:
-    running_marker(path).unlink(missing_ok=True)
-
-
-def mark_running(path: Path, **extra) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), **extra}
-    job = os.environ.get("SLURM_JOB_ID")
-    if job:
-        info["slurm_job_id"] = job
-    artifacts.write_json_atomic(running_marker(path), info)
-
-
-def clear_running(path: Path) -> None:
-    marker = running_marker(path)
-    info = _read(marker)
-    if info is None or info.get("pid") == os.getpid():
-        marker.unlink(missing_ok=True)
+    artifacts.write_json_atomic(record_file(path), record)
 
 
 def record_failure(path: Path, err: BaseException) -> dict:
@@ -115,43 +70,96 @@ def record_failure(path: Path, err: BaseException) -> dict:
               "traceback": "".join(traceback.format_exception(err)),
               "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json_atomic(failure_marker(path), record)
+    artifacts.write_json_atomic(failure_file(path), record)
     return record
 
 
+def failure(path: Path) -> dict | None:
+    return _read(failure_file(path))
+
+
 def clear_failure(path: Path) -> None:
-    failure_marker(path).unlink(missing_ok=True)
+    failure_file(path).unlink(missing_ok=True)
 
 
 def remove_stale_temps(path: Path) -> None:
     """Delete `.<dir>.tmp-<pid>` leftovers of writers that were killed."""
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not process_alive(int(pid)):
+        if pid.isdigit() and not locks.process_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def step_state(path: Path) -> StepState:
+def input_problem(path: Path) -> str | None:
+    """Why a step must not read the artifact at `path` (None when it is finished)."""
+    if not path.is_dir():
+        return "it does not exist"
+    if failure_file(path).is_file() and not artifacts.is_complete(path):
+        return f"it failed ({(failure(path) or {}).get('error', 'see its .failed.json')})"
+    if not artifacts.is_complete(path):
+        return "it is not finished (no manifest.json)"
+    return None
+
+
+# -- why a step is due ---------------------------------------------------------------------------
+def finished_versions(out: Path, kind: str) -> dict[str, list[dict]]:
+    """Step name -> records of its finished directories under OUT/<kind>, newest first."""
+    found: dict[str, list[tuple[float, dict]]] = {}
+    root = Path(out) / kind
+    if not root.is_dir():
+        return {}
+    for file in root.glob(f"*{RECORD}"):
+        directory = file.with_name(file.name[: -len(RECORD)])
+        record = _read(file)
+        if record and artifacts.is_complete(directory):
+            found.setdefault(record.get("name", ""), []).append(
+                (file.stat().st_mtime, {**record, "dir": str(directory)}))
+    return {name: [r for _, r in sorted(items, key=lambda t: -t[0])]
+            for name, items in found.items()}
+
+
+def due_reason(step: Step, versions: dict[str, list[dict]], path: Path) -> str:
+    failed = failure(path)
+    if failed:
+        return f"failed before: {failed.get('error', '')}"
+    earlier = [r for r in versions.get(step.name, []) if r.get("hash") != step.hash]
+    if not earlier:
+        return "new"
+    return changes(earlier[0], step.identity.record()) or "new"
+
+
+def adoptable(step: Step, versions: dict[str, list[dict]]) -> dict | None:
+    """A finished directory of this step that differs from it in code only (same base)."""
+    return next((r for r in versions.get(step.name, [])
+                 if r.get("base") == step.identity.base and r.get("hash") != step.hash), None)
+
+
+# -- states --------------------------------------------------------------------------------------
+def step_state(path: Path, step: Step | None = None, versions: dict | None = None) -> StepState:
     if artifacts.is_complete(path):
         return StepState("done")
-    running = _read(running_marker(path))
-    if is_live(running):
-        return StepState("running", info=running)
-    failed = _read(failure_marker(path))
+    holder = locks.read(path)
+    if holder and locks.alive(holder):
+        return StepState("running", locks.describe(holder), holder)
+    failed = failure(path)
     if failed:
-        return StepState("failed", error=failed.get("error"), info=failed)
-    return StepState("pending")
+        return StepState("failed", failed.get("error"), failed)
+    why = due_reason(step, versions or {}, path) if step is not None else None
+    return StepState("pending", why)
 
 
 def study_states(study: Study, out: Path) -> dict[str, StepState]:
     """The state of every step; a pending step below a failed one is 'blocked'."""
+    versions: dict[str, dict[str, list[dict]]] = {}
     states: dict[str, StepState] = {}
     for step in study.steps.values():
-        state = step_state(study.step_dir(out, step))
+        if step.kind not in versions:
+            versions[step.kind] = finished_versions(out, step.kind)
+        state = step_state(study.step_dir(out, step), step, versions[step.kind])
         if state.state == "pending":
             bad = next((d for d in step.deps if states[d].state in ("failed", "blocked")), None)
             if bad:
-                state = StepState("blocked", error=f"needs '{bad}' ({states[bad].state})")
+                state = StepState("blocked", f"needs '{bad}' ({states[bad].state})")
         states[step.name] = state
     return states
 
@@ -165,18 +173,28 @@ def format_status(study: Study, out: Path, states: dict[str, StepState]) -> str:
     width = max((len(n) for n in study.steps), default=4)
     for step in study.steps.values():
         st = states[step.name]
-        note = ""
-        if st.state == "failed":
-            note = f"  {st.error}"
-        elif st.state == "blocked":
-            note = f"  {st.error}"
-        elif st.state == "running" and st.info:
-            since = time.time() - float(st.info.get("started", time.time()))
-            note = f"  pid {st.info.get('pid')} on {st.info.get('host')}, {since:.0f}s"
+        note = f"  {st.why}" if st.why else ""
         lines.append(f"  {st.state:<8} {step.kind:<8} {step.name:<{width}}{note}")
     return "\n".join(lines)
 
 
-def step_record(step: Step, path: Path) -> dict:
-    return {"name": step.name, "kind": step.kind, "hash": step.hash, "dir": str(path),
-            "deps": step.deps, "origin": step.origin}
+def held_locks(study: Study, out: Path) -> list[tuple[str, dict]]:
+    """(step, holder) of every lock beside the study's steps."""
+    found = []
+    for step in study.steps.values():
+        info = locks.read(study.step_dir(out, step))
+        if info is not None:
+            found.append((step.name, info))
+    return found
+
+
+def clear_locks(study: Study, out: Path, force: bool = False) -> list[str]:
+    """Remove the locks no runner here can vouch for: holders that are gone, processes on
+    other hosts, unreadable locks. A live process on this host or a Slurm job that Slurm
+    still lists keeps its lock unless `force`. Returns the steps cleared."""
+    cleared = []
+    for name, info in held_locks(study, out):
+        if force or not locks.alive(info, unknown=False):
+            locks.lock_file(study.step_dir(out, name)).unlink(missing_ok=True)
+            cleared.append(name)
+    return cleared

@@ -1,46 +1,58 @@
 """Running a study's steps: what is missing, in dependency order, on some executor.
 
-The scheduler (`run_study`) is the same for every executor: it finds the steps whose inputs are
-done, groups them into units (`executable_units`: one step per unit, or with `pack: auto`
-compatible training runs as one packed unit, see worldrep.packplan), and hands units to a
-backend:
+The scheduler (`run_study`) is the same for every executor. It finds the steps that are not
+done, hands them to a backend in units (worldrep.study.units) and records what happened:
 
-- `InProcess`: one after the other in this process;
+- `InProcess`: units one after the other in this process;
 - `ProcessPool`: `--jobs N` worker processes;
-- `Submitit`: one job per unit through submitit. On a Slurm cluster every step is submitted at
-  once with `--dependency=afterok:<its inputs' jobs>`; with submitit's local or debug executor
-  (no Slurm) units are submitted as their inputs finish.
+- `Submitit`: one job per unit through submitit. On a Slurm cluster every unit is submitted
+  at once with dependencies on the jobs of its inputs (`afterok` on a job of one step; on a
+  job of several, `afterany`, and each step refuses to start on an input that did not
+  finish); with submitit's local executor units are submitted as their inputs finish.
 
-A failing step records its error beside its artifact directory and does not stop the steps
-that do not need it; the steps that do are skipped and reported. Every unit runs `run_unit`,
-which is all a worker (a process, a Slurm job) needs to know.
+Steps that another runner holds (their lock, worldrep.study.locks) are waited for, never run
+twice. A failing step records its error beside its artifact directory and does not stop the
+steps that do not need it; the steps that do are skipped and reported. Every unit runs
+`worldrep.study.runner.run_unit`, which is all a worker needs to know.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import math
 import multiprocessing
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import artifacts
 from ..errors import WorldrepError
-from . import cache
+from . import cache, locks
 from .load import Resources, Study, import_plugins
-from .runner import Outcome, StepJob, run_unit
+from .runner import (
+    BLOCKED,
+    DONE,
+    FAILED,
+    LOCKED,
+    Outcome,
+    StepJob,
+    outcomes_on_disk,
+    run_unit,
+    run_unit_job,
+)
 
 
 @dataclass
 class RunReport:
     ran: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # name -> error
-    skipped: dict[str, str] = field(default_factory=dict)  # name -> the failed input
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> the input that stopped it
     waiting: dict[str, str] = field(default_factory=dict)  # name -> why it could not start
+    adopted: list[str] = field(default_factory=list)  # --accept-code: kept despite code edits
     already_done: int = 0
 
     @property
@@ -49,6 +61,8 @@ class RunReport:
 
     def summary(self) -> str:
         parts = [f"{len(self.ran)} ran", f"{self.already_done} already done"]
+        if self.adopted:
+            parts.append(f"{len(self.adopted)} kept across code changes")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         if self.skipped:
@@ -57,14 +71,14 @@ class RunReport:
             parts.append(f"{len(self.waiting)} not started")
         lines = [", ".join(parts)]
         lines += [f"  failed   {n}: {e}" for n, e in self.failed.items()]
-        lines += [f"  skipped  {n}: needs '{d}'" for n, d in self.skipped.items()]
+        lines += [f"  skipped  {n}: {why}" for n, why in self.skipped.items()]
         lines += [f"  waiting  {n}: {w}" for n, w in self.waiting.items()]
         return "\n".join(lines)
 
 
 def executable_units(ready: list[StepJob], study: Study | None = None) -> list[list[StepJob]]:
-    """Which ready steps run together: with the study's `pack: auto`, compatible training
-    runs form one packed unit (worldrep.packplan); every other step is its own unit."""
+    """Which ready steps run together in process: with the study's `pack: auto`, compatible
+    training runs form one packed unit; every other step is its own unit."""
     if study is None or study.pack != "auto":
         return [[job] for job in ready]
     from .units import group_jobs
@@ -80,12 +94,12 @@ class InProcess:
     def __init__(self):
         self.results: dict[int, list[Outcome]] = {}
 
-    def submit(self, unit: list[StepJob], after: list[Any] | None = None) -> int:
+    def submit(self, unit: list[StepJob], after: list | None = None) -> int:
         handle = len(self.results)
         self.results[handle] = run_unit(unit)
         return handle
 
-    def wait(self, handles: list[int]) -> list[tuple[int, list[Outcome]]]:
+    def wait(self, handles: list[int], timeout: float | None = None):
         return [(h, self.results.pop(h)) for h in handles]
 
     def close(self) -> None:
@@ -118,8 +132,8 @@ class ProcessPool:
         self.units[future] = unit
         return future
 
-    def wait(self, handles):
-        done, _ = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
+    def wait(self, handles, timeout=None):
+        done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
         return [(f, _unit_result(f, self.units.pop(f))) for f in done]
 
     def close(self):
@@ -127,23 +141,18 @@ class ProcessPool:
 
 
 def _unit_result(future, unit: list[StepJob]) -> list[Outcome]:
-    """A worker that died (killed, out of memory) fails its steps instead of the runner."""
+    """A worker that died (killed, out of memory, a failed Slurm job) leaves its steps'
+    states on disk: they are read back instead of failing the runner."""
     try:
         return future.result()
     except Exception as err:  # noqa: BLE001
-        outcomes = []
-        for job in unit:
-            if artifacts.is_complete(job.out):
-                outcomes.append(Outcome(job.name, True))
-                continue
-            record = cache.record_failure(Path(job.out), err)
-            outcomes.append(Outcome(job.name, False, f"worker died: {record['error']}"))
-        return outcomes
+        return outcomes_on_disk(unit, f"{type(err).__name__}: {str(err).strip()[-300:]}")
 
 
 def slurm_parameters(res: Resources, name: str, dependency: list[str] | None = None,
                      cluster: str = "slurm") -> dict[str, Any]:
-    """submitit AutoExecutor parameters for one job (generic ones plus slurm_* ones)."""
+    """submitit AutoExecutor parameters for one job (generic ones plus slurm_* ones).
+    `dependency` items are job ids (afterok) or 'afterany:ID' for jobs of several steps."""
     params: dict[str, Any] = {"name": f"wr-{name}", "timeout_min": res.time_min,
                               "gpus_per_node": res.gpus, "cpus_per_task": res.cpus,
                               "mem_gb": int(math.ceil(res.mem_gb)), "tasks_per_node": 1,
@@ -152,8 +161,12 @@ def slurm_parameters(res: Resources, name: str, dependency: list[str] | None = N
         return params
     extra: dict[str, Any] = {}
     if dependency:
+        ok = [d for d in dependency if ":" not in d]
+        anys = [d.split(":", 1)[1] for d in dependency if d.startswith("afterany:")]
+        parts = (["afterok:" + ":".join(ok)] if ok else []) + (
+            ["afterany:" + ":".join(anys)] if anys else [])
+        params["slurm_dependency"] = ",".join(parts)  # ',' = all of them
         # Dependents of a failed job are cancelled instead of waiting forever.
-        params["slurm_dependency"] = "afterok:" + ":".join(dependency)
         extra["kill-on-invalid-dep"] = "yes"
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(res, key):
@@ -178,31 +191,64 @@ class Submitit:
         self.poll_s = poll_s
         self.units: dict[Any, list[StepJob]] = {}
 
-    def resources_for(self, kind: str) -> Resources:
+    def resources_for(self, kinds: list[str]) -> Resources:
+        """The default resources, overridden by each kind's (a unit asks for the most any
+        of its kinds asks for)."""
         base = self.resources.get("default", Resources())
-        own = self.resources.get(kind)
-        if own is None:
-            return base
-        return base.model_copy(update=own.model_dump(exclude_unset=True))
+        merged = base
+        for kind in dict.fromkeys(kinds):
+            own = self.resources.get(kind)
+            if own is None:
+                continue
+            mine = base.model_copy(update=own.model_dump(exclude_unset=True))
+            if merged is base:
+                merged = mine
+                continue
+            merged = merged.model_copy(update={
+                k: max(getattr(merged, k), getattr(mine, k))
+                for k in ("time_min", "gpus", "cpus", "mem_gb")})
+        return merged
 
     def submit(self, unit, after=None):
-        res = self.resources_for(unit[0].kind)
-        deps = [str(job.job_id) for job in (after or [])]
-        params = slurm_parameters(res, unit[0].name, deps, self.cluster)
+        kinds = [j.kind for j in unit]
+        main = "train" if "train" in kinds else "eval" if "eval" in kinds else kinds[-1]
+        res = self.resources_for([main] + kinds)
+        deps = [str(job.job_id) if single else f"afterany:{job.job_id}"
+                for job, single in (after or [])]
+        name = unit[0].name if len(unit) == 1 else f"{unit[0].name}+{len(unit) - 1}"
+        params = slurm_parameters(res, name, deps, self.cluster)
         if self.cluster in ("local", "debug"):
             params = {k: v for k, v in params.items() if k in ("name", "timeout_min")}
         self.executor.update_parameters(**params)
-        job = self.executor.submit(run_unit, unit)
+        if self.graph:
+            # Held for the job from now on: a second runner sees it queued and waits. The
+            # job is handed the token, so the lock passes to it even if it starts at once.
+            token = uuid.uuid4().hex
+            unit = [dataclasses.replace(step, lock_token=token) for step in unit]
+            for step in unit:
+                locks.acquire(Path(step.out), locks.me(step=step.name, token=token))
+        try:
+            # On Slurm a job whose steps did not all finish fails (afterok needs that).
+            job = self.executor.submit(run_unit_job if self.graph else run_unit, unit)
+        except BaseException:
+            for step in unit:
+                locks.release(Path(step.out))
+            raise
         self.units[job] = unit
         if self.graph:
             for step in unit:
-                cache.mark_queued(Path(step.out), job.job_id)
+                info = locks.read(Path(step.out))
+                if locks.mine(info):  # not yet taken over by the job itself
+                    locks.replace(Path(step.out), {"slurm_job_id": str(job.job_id),
+                                                   "queued": time.time(), "step": step.name,
+                                                   "token": step.lock_token})
         return job
 
-    def wait(self, handles):
+    def wait(self, handles, timeout=None):
+        deadline = None if timeout is None else time.time() + timeout
         while True:
             done = [h for h in handles if h.done()]
-            if done:
+            if done or (deadline is not None and time.time() >= deadline):
                 return [(h, _unit_result(_JobFuture(h), self.units.pop(h))) for h in done]
             time.sleep(self.poll_s)
 
@@ -233,6 +279,7 @@ def make_backend(executor: str, study: Study, out: Path, jobs: int = 1,
     if executor == "slurm":
         import submitit
 
+        quiet_submitit()
         folder = Path(out) / "slurm" / "%j"
         sub = submitit.AutoExecutor(folder=folder, cluster=cluster)
         return Submitit(sub, resources if resources is not None else study.resources,
@@ -241,51 +288,239 @@ def make_backend(executor: str, study: Study, out: Path, jobs: int = 1,
     raise WorldrepError(f"unknown executor '{executor}'; allowed: local, slurm")
 
 
+def quiet_submitit() -> None:
+    """On a cluster without accounting, submitit warns at every poll that `sacct` failed
+    (it then reads job states from squeue and its own files): say so once, not hundreds of
+    times."""
+    import logging
+
+    class _Once(logging.Filter):
+        seen = False
+
+        def filter(self, record):
+            if "sacct" not in record.getMessage():
+                return True
+            if _Once.seen:
+                return False
+            _Once.seen = True
+            record.msg = ("sacct is unavailable (no Slurm accounting); job states come from "
+                          "squeue and the job files")
+            record.args = ()
+            return True
+
+    logger = logging.getLogger("submitit")
+    if not any(isinstance(f, _Once) for f in logger.filters):
+        logger.addFilter(_Once())
+
+
 # -- the scheduler ----------------------------------------------------------------------------
 def step_jobs(study: Study, out: Path) -> dict[str, StepJob]:
     return {s.name: StepJob(name=s.name, kind=s.kind, spec=s.spec,
                             inputs={d: str(study.step_dir(out, d)) for d in s.deps},
-                            out=str(study.step_dir(out, s)), plugins=study.plugins)
+                            out=str(study.step_dir(out, s)), plugins=study.plugins,
+                            record=cache.step_record(s))
             for s in study.steps.values()}
 
 
+def adopt_across_code_changes(study: Study, out: Path, names: list[str]) -> list[str]:
+    """`--accept-code`: a step that is not done but has a finished directory differing from
+    it in code only (its own or its inputs') takes that directory over, renamed to the
+    current name, instead of being redone. Returns the steps adopted, in dependency order."""
+    adopted = []
+    versions: dict[str, dict] = {}
+    for name in names:
+        step = study.steps[name]
+        path = study.step_dir(out, step)
+        if path.exists() or locks.read(path):
+            continue
+        if step.kind not in versions:
+            versions[step.kind] = cache.finished_versions(out, step.kind)
+        old = cache.adoptable(step, versions[step.kind])
+        if old is None:
+            continue
+        source = Path(old["dir"])
+        if locks.acquire(source) is not None:
+            continue  # someone is using that directory right now
+        try:
+            os.rename(source, path)
+            cache.record_file(source).unlink(missing_ok=True)
+            cache.write_record(path, {**cache.step_record(step), "adopted_from": old["hash"]})
+        finally:
+            locks.release(source)
+        adopted.append(name)
+    return adopted
+
+
 def run_study(study: Study, out: Path, backend=None, log: Callable[[str], None] = print,
-              only: list[str] | None = None) -> RunReport:
-    """Run every step that is not done (or only `only` and what they need)."""
+              only: list[str] | None = None, accept_code: bool = False,
+              poll_s: float = 2.0) -> RunReport:
+    """Run every step that is not done (or only `only` and what they need). With
+    `accept_code`, code changes are taken as cosmetic (see `adopt_across_code_changes`)."""
     out = Path(out)
     backend = backend or InProcess()
-    jobs = step_jobs(study, out)
-    states = cache.study_states(study, out)
     wanted = _needed(study, only) if only else list(study.steps)
     report = RunReport()
-    done = {n for n in wanted if states[n].state == "done"}
-    report.already_done = len(done)
-    for name in wanted:
-        if states[name].state == "running":
-            report.waiting[name] = f"running elsewhere (pid {states[name].info.get('pid')})"
-    todo = [n for n in wanted if n not in done and n not in report.waiting]
-    progress = _Progress(study, report, log, len(todo))
-    backend.priority = descendant_counts(study)
-    active: dict[Any, list[StepJob]] = {}
-    submitted: dict[str, Any] = {}
+    if accept_code:
+        report.adopted = adopt_across_code_changes(study, out, wanted)
+        for name in report.adopted:
+            log(f"kept     {study.steps[name].kind:<8} {name} (code change accepted)")
     try:
-        while True:
-            todo = _skip_blocked(study, todo, submitted, report)
-            while _submit_ready(study, jobs, todo, done, submitted, active, backend, log):
-                pass  # with Slurm dependencies, a whole chain is submitted at once
-            if not active:
-                break
-            for handle, outcomes in backend.wait(list(active)):
-                active.pop(handle)
-                for o in outcomes:
-                    if o.name in todo:
-                        todo.remove(o.name)
-                    progress.record(o, done, Path(jobs[o.name].out))
+        _Scheduler(study, out, backend, log, wanted, report, poll_s).run()
     finally:
         backend.close()
-    for name in todo:
-        report.waiting.setdefault(name, "its inputs did not finish")
     return report
+
+
+class _Scheduler:
+    def __init__(self, study, out, backend, log, wanted, report, poll_s):
+        self.study, self.out, self.backend, self.log = study, out, backend, log
+        self.report, self.poll_s = report, poll_s
+        self.jobs = step_jobs(study, out)
+        states = cache.study_states(study, out)
+        self.done = {n for n in wanted if states[n].state == "done"}
+        report.already_done = len(self.done)
+        # Steps another runner (or Slurm job) holds: waited for, never run twice.
+        self.elsewhere = {n: states[n].why for n in wanted if states[n].state == "running"}
+        self.todo = [n for n in wanted if n not in self.done and n not in self.elsewhere]
+        self.count, self.total = 0, len(self.todo)
+        self.submitted: dict[str, Any] = {}
+        self.active: dict[Any, list[StepJob]] = {}
+        self.told: set[str] = set()
+        backend.priority = descendant_counts(study)
+
+    def run(self) -> None:
+        while True:
+            self.follow_elsewhere()
+            self.skip_blocked()
+            if self.backend.graph:
+                self.submit_graph()
+            else:
+                self.submit_ready()
+            if not self.active and not self.elsewhere:
+                break
+            if not self.active:
+                self.tell_waiting()
+                time.sleep(self.poll_s)
+                continue
+            timeout = self.poll_s if self.elsewhere else None
+            for handle, outcomes in self.backend.wait(list(self.active), timeout):
+                self.active.pop(handle)
+                for o in outcomes:
+                    self.record(o)
+        for name in self.todo:
+            self.report.waiting.setdefault(name, "its inputs did not finish")
+
+    # -- what others run -------------------------------------------------------------------
+    def follow_elsewhere(self) -> None:
+        for name in list(self.elsewhere):
+            st = cache.step_state(self.study.step_dir(self.out, name))
+            if st.state == "running":
+                continue
+            del self.elsewhere[name]
+            if st.state == "done":
+                self.done.add(name)
+                self.log(f"done     {self.study.steps[name].kind:<8} {name} (by another runner)")
+            elif st.state == "failed":
+                self.report.failed[name] = f"{st.why} (in another runner)"
+            else:  # its holder died without finishing it: ours to run
+                self.todo.append(name)
+                self.total += 1
+
+    def tell_waiting(self) -> None:
+        for name, why in self.elsewhere.items():
+            if name not in self.told:
+                self.told.add(name)
+                self.log(f"waiting  {self.study.steps[name].kind:<8} {name}: running elsewhere"
+                         f" ({why})")
+
+    # -- submission ------------------------------------------------------------------------
+    def blocking(self, name: str) -> str | None:
+        r = self.report
+        return next((d for d in self.study.steps[name].deps
+                     if d in r.failed or d in r.skipped), None)
+
+    def skip_blocked(self) -> None:
+        """Steps not yet submitted whose inputs failed are skipped (and later their
+        dependents)."""
+        keep = []
+        for name in self.todo:
+            bad = self.blocking(name)
+            if bad is None or name in self.submitted:
+                keep.append(name)
+            else:
+                self.report.skipped[name] = f"needs '{bad}', which " + (
+                    "failed" if bad in self.report.failed else "was skipped")
+        self.todo = keep
+
+    def ready(self, name: str, graph: bool) -> bool:
+        return name not in self.submitted and all(
+            d in self.done or (graph and d in self.submitted) for d in self.study.steps[name].deps)
+
+    def submit_ready(self) -> None:
+        ready = [n for n in self.todo if self.ready(n, False)]
+        # Steps that unblock the most work go first (the main model before side runs).
+        ready.sort(key=lambda n: -self.backend.priority.get(n, 0))
+        free = max(0, self.backend.capacity - len(self.active))
+        for unit in executable_units([self.jobs[n] for n in ready], self.study)[:free]:
+            self.submit(unit)
+
+    def submit_graph(self) -> None:
+        """Slurm: every unit whose inputs are done or submitted goes out now, waiting on
+        its inputs' jobs."""
+        from .units import slurm_units
+
+        pending = {n for n in self.todo if n not in self.submitted}
+        if not pending:
+            return
+        for unit in slurm_units(self.study, pending):
+            inside = set(unit.steps)
+            if all(d in self.done or d in self.submitted or d in inside
+                   for n in unit.steps for d in self.study.steps[n].deps):
+                self.submit([self.jobs[n] for n in unit.steps])
+
+    def submit(self, unit: list[StepJob]) -> None:
+        names = {j.name for j in unit}
+        after: list[tuple[Any, bool]] = []
+        for job in unit:
+            for d in self.study.steps[job.name].deps:
+                handle = self.submitted.get(d)
+                if (handle is not None and d not in names and d not in self.done
+                        and all(handle is not h for h, _ in after)):
+                    after.append((handle, len(self.active.get(handle, [None])) == 1))
+        handle = self.backend.submit(unit, after)
+        self.active[handle] = unit
+        for job in unit:
+            self.submitted[job.name] = handle
+        if not isinstance(self.backend, InProcess):
+            if len(unit) == 1:
+                self.log(f"started  {unit[0].kind:<8} {unit[0].name}")
+            else:
+                self.log(f"started  {len(unit)} steps: " + ", ".join(j.name for j in unit[:6])
+                         + (" ..." if len(unit) > 6 else ""))
+
+    # -- outcomes --------------------------------------------------------------------------
+    def record(self, o: Outcome) -> None:
+        if o.name in self.todo:
+            self.todo.remove(o.name)
+        step = self.study.steps[o.name]
+        self.count += 1
+        head = f"[{self.count}/{self.total}]"
+        if o.status == DONE:
+            self.done.add(o.name)
+            self.report.ran.append(o.name)
+            self.log(f"{head} done     {step.kind:<8} {o.name} ({o.seconds:.1f}s)")
+        elif o.status == LOCKED:
+            self.count -= 1
+            self.submitted.pop(o.name, None)
+            self.elsewhere[o.name] = o.error
+        elif o.status == BLOCKED or self.blocking(o.name):
+            why = o.error if o.status == BLOCKED else f"needs '{self.blocking(o.name)}'"
+            self.report.skipped[o.name] = why
+            self.log(f"{head} skipped  {step.kind:<8} {o.name}: {why}")
+        else:
+            assert o.status == FAILED
+            self.report.failed[o.name] = o.error or "failed"
+            self.log(f"{head} FAILED   {step.kind:<8} {o.name}: {o.error}")
 
 
 def descendant_counts(study: Study) -> dict[str, int]:
@@ -296,82 +531,6 @@ def descendant_counts(study: Study) -> dict[str, int]:
         for dep in step.deps:
             below[dep] |= below[step.name] | (1 << index[step.name])
     return {name: bits.bit_count() for name, bits in below.items()}
-
-
-def _submit_ready(study, jobs, todo, done, submitted, active, backend, log) -> bool:
-    ready = [n for n in todo if n not in submitted and _can_start(
-        study.steps[n].deps, done, submitted, backend.graph)]
-    # Steps that unblock the most work go first (the main model before side runs).
-    ready.sort(key=lambda n: -backend.priority.get(n, 0))
-    free = max(0, backend.capacity - len(active))
-    units = executable_units([jobs[n] for n in ready], study)[:free]
-    for unit in units:
-        after = _handles(submitted, (d for j in unit for d in study.steps[j.name].deps
-                                     if d not in done))
-        handle = backend.submit(unit, after)
-        active[handle] = unit
-        for job in unit:
-            submitted[job.name] = handle
-            if not isinstance(backend, InProcess):
-                log(f"started  {job.kind:<8} {job.name}")
-    return bool(units) and backend.graph
-
-
-def _handles(submitted: dict[str, Any], names) -> list[Any]:
-    out: list[Any] = []
-    for name in names:
-        handle = submitted.get(name)
-        if handle is not None and all(handle is not h for h in out):
-            out.append(handle)
-    return out
-
-
-def _can_start(deps: list[str], done: set[str], submitted: dict, graph: bool) -> bool:
-    return all(d in done or (graph and d in submitted) for d in deps)
-
-
-class _Progress:
-    def __init__(self, study: Study, report: RunReport, log, total: int):
-        self.study, self.report, self.log, self.total = study, report, log, total
-        self.count = 0
-
-    def record(self, o: Outcome, done: set[str], out: Path) -> None:
-        step = self.study.steps[o.name]
-        self.count += 1
-        head = f"[{self.count}/{self.total}]"
-        if o.ok:
-            done.add(o.name)
-            self.report.ran.append(o.name)
-            self.log(f"{head} done     {step.kind:<8} {o.name} ({o.seconds:.1f}s)")
-            return
-        bad = self.blocking_input(step.deps)
-        if bad:  # a dependent job cancelled by the scheduler (Slurm afterok), not a failure
-            cache.clear_failure(out)
-            cache.clear_marker(out)
-            self.report.skipped[o.name] = bad
-            self.log(f"{head} skipped  {step.kind:<8} {o.name}: needs '{bad}'")
-            return
-        self.report.failed[o.name] = o.error or "failed"
-        self.log(f"{head} FAILED   {step.kind:<8} {o.name}: {o.error}")
-
-    def blocking_input(self, deps: list[str]) -> str | None:
-        r = self.report
-        return next((d for d in deps if d in r.failed or d in r.skipped or d in r.waiting), None)
-
-
-def _skip_blocked(study: Study, todo: list[str], submitted: dict, report: RunReport) -> list[str]:
-    """Steps not yet submitted whose inputs failed are skipped (and their dependents later)."""
-    keep = []
-    for name in todo:
-        bad = next((d for d in study.steps[name].deps
-                    if d in report.failed or d in report.skipped or d in report.waiting), None)
-        if bad is None or name in submitted:
-            keep.append(name)
-        elif bad in report.waiting:
-            report.waiting[name] = f"needs '{bad}', which is not done"
-        else:
-            report.skipped[name] = bad
-    return keep
 
 
 def _needed(study: Study, names: list[str]) -> list[str]:

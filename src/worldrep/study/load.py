@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 import pydantic
 
-from .. import artifacts
 from ..config import Strict, load_yaml, parse_config
 from ..errors import WorldrepError
 from .grid import expand, render
+from .identity import Sources, StepIdentity, task_modules, without
 from .kinds import get_kind
 
 SECTIONS = {"worlds": "world", "datasets": "dataset", "mixtures": "mixture", "runs": "train",
@@ -86,7 +86,11 @@ class Step:
     origin: str  # where it was declared, e.g. "runs[3] 'pft{x}-{y}' (x=1, y=2)"
     group: str  # the declaration's name template: steps of one grid share it
     deps: list[str] = field(default_factory=list)
-    hash: str = ""
+    identity: StepIdentity | None = None  # set when the graph is linked
+
+    @property
+    def hash(self) -> str:
+        return self.identity.hash if self.identity else ""
 
     @property
     def dirname(self) -> str:
@@ -136,13 +140,15 @@ def resolve_study_path(study: str | Path) -> Path:
     raise WorldrepError(f"study file not found: {study} (built-in studies: {', '.join(known)})")
 
 
-def load_study(path: str | Path, scale: float = 1.0) -> Study:
+def load_study(path: str | Path, scale: float = 1.0, sources: Sources | None = None) -> Study:
+    """A study file expanded and linked into its step graph. `sources` is where the code
+    that step identities cover is read (default: this worldrep)."""
     path = resolve_study_path(path)
     if not scale >= 1:
         raise WorldrepError(f"--scale must be >= 1 (it divides sizes and steps), got {scale}")
     sf = parse_config(StudyFile, load_yaml(path), where=str(path))
     import_plugins(sf.plugins)
-    builder = _Builder(path, sf, scale)
+    builder = _Builder(path, sf, scale, sources or Sources())
     if sf.world is not None:
         builder.declare("worlds", "world", {"name": "world", **sf.world})
     for section in SECTIONS:
@@ -173,8 +179,8 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 class _Builder:
-    def __init__(self, path: Path, sf: StudyFile, scale: float):
-        self.path, self.sf, self.scale = path, sf, scale
+    def __init__(self, path: Path, sf: StudyFile, scale: float, sources: Sources):
+        self.path, self.sf, self.scale, self.sources = path, sf, scale, sources
         self.steps: dict[str, Step] = {}
 
     def fail(self, where: str, msg: str) -> WorldrepError:
@@ -253,10 +259,18 @@ class _Builder:
             except WorldrepError as err:
                 raise self.fail(f"step '{step.name}' ({step.origin})", str(err)) from None
         for step in ordered:
-            inputs = {d: self.steps[d].hash for d in step.deps}
-            step.hash = artifacts.spec_hash({"kind": step.kind, "spec": step.spec,
-                                             "inputs": inputs})
+            step.identity = self.identity(step)
         return {s.name: s for s in ordered}
+
+    def identity(self, step: Step) -> StepIdentity:
+        kind = get_kind(step.kind)
+        modules = kind.code_modules() + task_modules(kind.tasks(step.spec, self.steps))
+        deps = [self.steps[d] for d in step.deps]
+        return StepIdentity(
+            kind=step.kind, spec=without(step.spec, kind.runtime),
+            inputs={d.name: d.hash for d in deps}, input_bases={d.name: d.identity.base
+                                                                 for d in deps},
+            code={m: self.sources.digest(m) for m in self.sources.closure(modules)})
 
     def check_ref(self, step: Step, ref) -> None:
         where = f"step '{step.name}' ({step.origin})"
@@ -291,24 +305,3 @@ class _Builder:
 def _fields(kind) -> set[str]:
     spec = kind.Spec
     return set(getattr(spec, "model_fields", {}))
-
-
-# -- printing -------------------------------------------------------------------------------
-def format_plan(study: Study, states: dict[str, str] | None = None) -> str:
-    """One line per step: kind, name, hash, what it reads (and its state, if given)."""
-    counts: dict[str, int] = {}
-    for s in study.steps.values():
-        counts[s.kind] = counts.get(s.kind, 0) + 1
-    scale = f", scale 1/{study.scale:g}" if study.scale != 1 else ""
-    lines = [f"study {study.name}: {len(study.steps)} steps ("
-             + ", ".join(f"{k} {n}" for k, n in counts.items()) + f"){scale}"]
-    width = max((len(s.name) for s in study.steps.values()), default=4)
-    for s in study.steps.values():
-        state = f"{states[s.name]:<8} " if states else ""
-        reads = f"  <- {', '.join(s.deps)}" if s.deps else ""
-        lines.append(f"  {state}{s.kind:<8} {s.name:<{width}}  {s.hash}{reads}")
-    if study.pack == "auto":
-        from .units import format_packs
-
-        lines.append(format_packs(study))
-    return "\n".join(lines)

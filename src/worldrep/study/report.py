@@ -141,7 +141,7 @@ def _overview(study: Study, out: Path, states: dict[str, StepState]) -> str:
     rows = []
     for step in study.steps.values():
         st = states[step.name]
-        note = st.error or ""
+        note = st.why or ""
         rows.append(f"<tr><td>{_e(step.kind)}</td><td>{_e(step.name)}</td>"
                     f"<td class='{st.state}'>{st.state}</td><td>{_e(', '.join(step.deps))}</td>"
                     f"<td>{_e(note)}</td></tr>")
@@ -308,7 +308,7 @@ def _failures(study: Study, dirs, states) -> str:
         if st.state != "failed":
             continue
         tb = (st.info or {}).get("traceback", "")
-        body += (f"<h3 class='failed'>{_e(step.name)}</h3><p>{_e(st.error)}</p>"
+        body += (f"<h3 class='failed'>{_e(step.name)}</h3><p>{_e(st.why)}</p>"
                  f"<details><summary>traceback</summary><pre>{_e(tb)}</pre></details>")
     return _section("Failures", body)
 

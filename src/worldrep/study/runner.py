@@ -1,8 +1,18 @@
 """The worker side of the engine: run one unit of steps into their artifact directories.
 
-A unit is what one worker (a process, a Slurm job) runs: one step, or with `pack: auto`
-several training runs trained as one pack. Everything a worker needs is in its `StepJob`s
-(picklable, no study object), so `run_unit` is all a worker imports.
+A unit is what one worker (a process, a Slurm job) runs: one step; or with `pack: auto`
+several training runs trained as one pack; or under Slurm a run's evaluations and
+representations together. Everything a worker needs is in its `StepJob`s (picklable, no
+study object), so `run_unit` is all a worker imports.
+
+Every step, alone or in a unit, follows the same protocol:
+1. take its lock (worldrep.study.locks); a step locked by another runner is not run here;
+2. refuse to run if an input is missing, unfinished or failed (the step is 'blocked': it
+   records nothing, so nothing is ever cached on top of a failure);
+3. write its step record, run its stage, and either finish (manifest) or record the failure.
+
+A Slurm job runs `run_unit_job`, which fails the job when a step of its unit did not finish,
+so that `afterok` dependents never start.
 """
 
 from __future__ import annotations
@@ -13,8 +23,10 @@ from pathlib import Path
 
 from .. import artifacts
 from ..errors import WorldrepError
-from . import cache
+from . import cache, locks
 from .load import import_plugins
+
+DONE, FAILED, BLOCKED, LOCKED = "done", "failed", "blocked", "locked"
 
 
 @dataclass
@@ -27,96 +39,166 @@ class StepJob:
     inputs: dict[str, str]  # referenced step name -> artifact directory
     out: str
     plugins: list[str] = field(default_factory=list)
+    record: dict = field(default_factory=dict)  # the step record (worldrep.study.cache)
+    lock_token: str | None = None  # set by a runner that took the lock for this job
 
 
 @dataclass
 class Outcome:
     name: str
-    ok: bool
+    status: str  # done, failed, blocked (an input is not done), locked (another runner has it)
     error: str | None = None
     seconds: float = 0.0
 
+    @property
+    def ok(self) -> bool:
+        return self.status == DONE
 
-# -- the worker side --------------------------------------------------------------------------
+
+class UnitFailed(WorldrepError):
+    """Raised by a Slurm job whose unit did not finish every step (so the job fails)."""
+
+
+def input_problem(job: StepJob) -> str | None:
+    """One clear line naming the first input this step must not read, or None."""
+    for name, path in job.inputs.items():
+        problem = cache.input_problem(Path(path))
+        if problem:
+            return f"input '{name}' is not done: {problem} ({path})"
+    return None
+
+
+def _claim(job: StepJob) -> Outcome | None:
+    """Lock the step and check it may run; an Outcome when it must not run here."""
+    out = Path(job.out)
+    holder = locks.acquire(out, locks.me(step=job.name), job.lock_token)
+    if holder is not None:
+        return Outcome(job.name, LOCKED, f"running elsewhere: {locks.describe(holder)}")
+    if artifacts.is_complete(out):
+        locks.release(out)
+        return Outcome(job.name, DONE)
+    problem = input_problem(job)
+    if problem:
+        locks.release(out)
+        return Outcome(job.name, BLOCKED, problem)
+    cache.remove_stale_temps(out)
+    cache.clear_failure(out)  # this attempt's outcome replaces the last one's
+    if job.record:
+        cache.write_record(out, job.record)
+    return None
+
+
+def _settle(job: StepJob, err: BaseException | None, seconds: float) -> Outcome:
+    """Record how a claimed step ended, then release its lock."""
+    out = Path(job.out)
+    try:
+        if err is None and artifacts.is_complete(out):
+            cache.clear_failure(out)
+            return Outcome(job.name, DONE, None, seconds)
+        err = err or WorldrepError(f"step '{job.name}' ended without finishing {out}")
+        return Outcome(job.name, FAILED, cache.record_failure(out, err)["error"], seconds)
+    finally:
+        locks.release(out)
+
+
 def run_step(job: StepJob) -> Outcome:
     """Run one step into its artifact directory, recording a failure instead of raising."""
     from .kinds import get_kind
 
-    start = time.time()
-    out = Path(job.out)
-    if artifacts.is_complete(out):
-        return Outcome(job.name, True)
-    cache.remove_stale_temps(out)
-    cache.mark_running(out, step=job.name)
+    refused = _claim(job)
+    if refused is not None:
+        return refused
+    start, out = time.time(), Path(job.out)
     try:
         import_plugins(job.plugins)
-        kind = get_kind(job.kind)
-        kind.run(job.spec, {k: Path(v) for k, v in job.inputs.items()}, out)
-        if not out.is_dir():
-            raise WorldrepError(f"step '{job.name}' finished without writing {out}")
-        if not artifacts.is_complete(out):  # a stage that leaves the manifest to its caller
-            artifacts.write_manifest(out, job.kind, job.spec, step=job.name)
+        get_kind(job.kind).run(job.spec, {k: Path(v) for k, v in job.inputs.items()}, out)
+        if out.is_dir() and not artifacts.is_complete(out):  # a stage that leaves the
+            artifacts.write_manifest(out, job.kind, job.spec, step=job.name)  # manifest to us
     except Exception as err:  # noqa: BLE001 - any stage error is recorded, not fatal
-        record = cache.record_failure(out, err)
-        return Outcome(job.name, False, record["error"], time.time() - start)
+        return _settle(job, err, time.time() - start)
     finally:
-        cache.clear_running(out)
-    cache.clear_failure(out)
-    return Outcome(job.name, True, None, time.time() - start)
+        locks.release(out)  # also when interrupted (settling released it already otherwise)
+    return _settle(job, None, time.time() - start)
 
 
-def run_unit(unit: list[StepJob]) -> list[Outcome]:
-    if len(unit) > 1 and all(job.kind == "train" for job in unit):
-        return run_packed_unit(unit)
-    return [run_step(job) for job in unit]
-
-
-def run_packed_unit(unit: list) -> list:
-    """Run a unit of train jobs as one pack (the worker side of a packed unit): each job's
-    outcome is whether its run directory is finished; a run's failure is recorded beside
-    its directory as for a single step."""
-    import time
-
+def run_pack(unit: list[StepJob]) -> list[Outcome]:
+    """Train a unit's runs as one pack: each run that fails is recorded for that step alone
+    and the others finish."""
     from ..packing import PackError, train_packed
+    from .kinds import get_kind
 
-    start = time.time()
+    outcomes: dict[str, Outcome] = {}
     todo = []
-    outcomes = {}
     for job in unit:
-        if artifacts.is_complete(job.out):
-            outcomes[job.name] = Outcome(job.name, True)
-        else:
+        refused = _claim(job)
+        if refused is None:
             todo.append(job)
-    names = [job.name for job in todo]
+        else:
+            outcomes[job.name] = refused
+    start = time.time()
     failures: dict[str, BaseException] = {}
-    for job in todo:
-        cache.remove_stale_temps(Path(job.out))
-        cache.mark_running(Path(job.out), step=job.name, pack=names)
     try:
         import_plugins(todo[0].plugins if todo else [])
-        specs = [_train_spec(job) for job in todo]
-        train_packed(specs, [job.out for job in todo], regroup=True)
+        kind = get_kind("train")
+        specs = [kind.train_spec(j.spec, {k: Path(v) for k, v in j.inputs.items()})
+                 for j in todo]
+        if todo:
+            train_packed(specs, [j.out for j in todo], regroup=True)
     except PackError as err:
         failures = {str(Path(out)): WorldrepError(msg) for out, msg in err.errors.items()}
     except Exception as err:  # noqa: BLE001 - recorded for every unfinished run of the pack
-        failures = {str(Path(job.out)): err for job in todo}
-    finally:
+        failures = {str(Path(j.out)): err for j in todo}
+    except BaseException:  # interrupted: the runs resume next time, nobody holds them
         for job in todo:
-            cache.clear_running(Path(job.out))
+            locks.release(Path(job.out))
+        raise
     seconds = time.time() - start
     for job in todo:
-        out = Path(job.out)
-        if artifacts.is_complete(out):
-            cache.clear_failure(out)
-            outcomes[job.name] = Outcome(job.name, True, None, seconds)
-            continue
-        err = failures.get(str(out), WorldrepError("the pack ended without finishing this run"))
-        record = cache.record_failure(out, err)
-        outcomes[job.name] = Outcome(job.name, False, record["error"], seconds)
+        outcomes[job.name] = _settle(job, failures.get(str(Path(job.out))), seconds)
     return [outcomes[job.name] for job in unit]
 
 
-def _train_spec(job):
-    from .kinds import get_kind
+def run_unit(unit: list[StepJob]) -> list[Outcome]:
+    """Run a unit's steps in order; consecutive training runs train as one pack."""
+    outcomes: list[Outcome] = []
+    i = 0
+    while i < len(unit):
+        j = i
+        while j < len(unit) and unit[j].kind == "train":
+            j += 1
+        if j - i > 1:
+            outcomes += run_pack(unit[i:j])
+            i = j
+        else:
+            outcomes.append(run_step(unit[i]))
+            i += 1
+    return outcomes
 
-    return get_kind("train").train_spec(job.spec, {k: Path(v) for k, v in job.inputs.items()})
+
+def run_unit_job(unit: list[StepJob]) -> list[Outcome]:
+    """A Slurm job's body: the unit's outcomes, or a failed job if any step did not finish."""
+    outcomes = run_unit(unit)
+    bad = [o for o in outcomes if not o.ok]
+    if bad:
+        shown = "; ".join(f"{o.name}: {o.status}: {o.error}" for o in bad[:5])
+        raise UnitFailed(f"{len(bad)} of {len(outcomes)} steps did not finish: {shown}")
+    return outcomes
+
+
+def outcomes_on_disk(unit: list[StepJob], died: str) -> list[Outcome]:
+    """What a unit whose worker ended abnormally (a failed Slurm job, a killed process) left:
+    each step's state read back from its directory. A step that is neither done, failed nor
+    blocked failed with the worker (`died` says how)."""
+    outcomes = []
+    for job in unit:
+        out = Path(job.out)
+        if artifacts.is_complete(out):
+            outcomes.append(Outcome(job.name, DONE))
+        elif cache.failure(out):
+            outcomes.append(Outcome(job.name, FAILED, cache.failure(out)["error"]))
+        elif problem := input_problem(job):
+            outcomes.append(Outcome(job.name, BLOCKED, problem))
+        else:
+            record = cache.record_failure(out, WorldrepError(f"the worker died: {died}"))
+            outcomes.append(Outcome(job.name, FAILED, record["error"]))
+    return outcomes

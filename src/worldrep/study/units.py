@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import artifacts
+from ..errors import WorldrepError
 
 RULE = ("runs pack together when they share architecture, total steps, batch size, device "
         "settings (device, precision, compile, cuda_graphs, pad_multiple, threads) and AdamW "
@@ -177,3 +178,108 @@ def format_packs(study, out: Path | None = None) -> str:
         lines += textwrap.wrap(", ".join(names), width=100, initial_indent="      ",
                                subsequent_indent="      ")
     return "\n".join(lines)
+
+
+# -- Slurm jobs: fewer, bigger ---------------------------------------------------------------
+@dataclass
+class Unit:
+    """Steps that one Slurm job runs, in order, and the units it waits for."""
+
+    steps: list[str]
+    kind: str  # whose resources the job asks for
+    after: list[int]  # indices of the units this one needs
+
+    @property
+    def name(self) -> str:
+        more = f"+{len(self.steps) - 1}" if len(self.steps) > 1 else ""
+        return f"{self.steps[0]}{more}"
+
+
+DATA_KINDS = ("world", "dataset", "mixture")
+AFTER_TRAIN = ("eval", "reps")
+
+
+def slurm_units(study, include: set[str] | None = None) -> list[Unit]:
+    """The jobs a Slurm run submits for the steps in `include` (default: all), in an order
+    where every job comes after those it needs:
+
+    - each training run alone, or with `pack: auto` each pack (`plan_packs`), with the
+      mixtures only it reads (a run's inline `mix:`) run first in the same job;
+    - each run's evaluations and representation extractions, one job after the run;
+    - the datasets of one depth of the graph in one job, the other mixtures likewise;
+    - every other step (the world, analyses) alone.
+    """
+    include = set(study.steps) if include is None else include
+    depth = _depths(study)
+    groups: list[list[str]] = []
+    owner: dict[str, int] = {}
+
+    def add(names: list[str]) -> None:
+        for n in names:
+            owner[n] = len(groups)
+        groups.append(names)
+
+    if study.pack == "auto":
+        for _, names in plan_packs(study):
+            if kept := [n for n in names if n in include]:
+                add(kept)
+    for step in study.steps.values():
+        if step.kind == "train" and step.name in include and step.name not in owner:
+            add([step.name])
+    readers: dict[str, set[str]] = {}
+    for step in study.steps.values():
+        for d in step.deps:
+            readers.setdefault(d, set()).add(step.name)
+    for step in study.steps.values():  # mixtures that only one job's runs read join it
+        if step.kind == "mixture" and step.name in include:
+            jobs = {owner.get(r) for r in readers.get(step.name, ())}
+            if len(jobs) == 1 and None not in jobs and study.steps[
+                    next(iter(readers[step.name]))].kind == "train":
+                unit = jobs.pop()
+                groups[unit].insert(0, step.name)
+                owner[step.name] = unit
+    after_run: dict[str, list[str]] = {}
+    by_depth: dict[tuple[str, int], list[str]] = {}
+    for step in study.steps.values():
+        if step.name not in include or step.name in owner:
+            continue
+        runs = [d for d in step.deps if study.steps[d].kind == "train"]
+        others = [d for d in step.deps if study.steps[d].kind not in DATA_KINDS + ("train",)]
+        if step.kind in AFTER_TRAIN and len(runs) == 1 and not others:
+            after_run.setdefault(runs[0], []).append(step.name)
+        elif step.kind in ("dataset", "mixture"):
+            by_depth.setdefault((step.kind, depth[step.name]), []).append(step.name)
+        else:
+            add([step.name])
+    for names in [*after_run.values(), *by_depth.values()]:
+        add(names)
+    return _ordered(study, groups, owner)
+
+
+def _ordered(study, groups: list[list[str]], owner: dict[str, int]) -> list[Unit]:
+    """Units in dependency order (ties: the study's order), each naming those it needs."""
+    index = {name: i for i, name in enumerate(study.steps)}
+    needs = []
+    for g, names in enumerate(groups):
+        names.sort(key=index.get)
+        needs.append({owner[d] for n in names for d in study.steps[n].deps
+                      if d in owner and owner[d] != g})
+    order: list[int] = []
+    placed: set[int] = set()
+    pending = sorted(range(len(groups)), key=lambda g: index[groups[g][0]])
+    while pending:
+        ready = [g for g in pending if needs[g] <= placed]
+        if not ready:
+            raise WorldrepError("the Slurm jobs of this study would wait on each other in a "
+                                "circle; report this study file as a worldrep bug")
+        order += ready
+        placed |= set(ready)
+        pending = [g for g in pending if g not in placed]
+    position = {g: i for i, g in enumerate(order)}
+    units = []
+    for g in order:
+        steps = groups[g]
+        kinds = [study.steps[n].kind for n in steps]
+        main = ("train" if "train" in kinds else "eval" if "eval" in kinds else kinds[-1])
+        units.append(Unit(steps, main, sorted(position[n] for n in needs[g])))
+    return units
