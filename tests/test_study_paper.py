@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from worldrep.cli import app
 from worldrep.study import load_study
 from worldrep.study.grid import task_name
 
 TASKS = range(1, 8)
+PAPER = Path(__file__).resolve().parents[1] / "studies" / "paper.yaml"
 
 
 @pytest.fixture(scope="module")
 def paper():
-    return load_study("studies/paper.yaml")
+    return load_study(PAPER)
 
 
 def runs(study, prefix: str) -> dict:
@@ -99,8 +103,29 @@ def test_ftwb_runs_fine_tune_the_7_task_model_with_atlantis(paper):
 
 
 def test_scale_shrinks_data_and_steps_not_the_graph(paper):
-    small = load_study("studies/paper.yaml", scale=1000)
+    small = load_study(PAPER, scale=1000)
     assert list(small.steps) == list(paper.steps)
     assert small.steps["world-1"].spec["n_train"] == 1000
     assert [n for _, n in sources(small, small.steps["pft1-2"])] == [20, 100]
     assert small.steps["pt1-1"].spec["epochs"] == 42  # fewer rows, so 1/1000 of the steps
+
+
+def test_slurm_submits_a_few_hundred_jobs_with_each_runs_evals_and_reps_in_one(paper):
+    from worldrep.study.units import slurm_units
+
+    units = slurm_units(paper)
+    assert len(units) < 300 < len(paper.steps)  # was one job per step: 2,819
+    after_run: dict[str, list[str]] = {}
+    for unit in units:
+        for name in unit.steps:
+            step = paper.steps[name]
+            if step.kind in ("eval", "reps"):
+                run = next(d for d in step.deps if paper.steps[d].kind == "train")
+                after_run.setdefault(run, []).append(unit.name)
+    assert all(len(set(jobs)) == 1 for jobs in after_run.values())
+    position = {n: i for i, u in enumerate(units) for n in u.steps}
+    for i, unit in enumerate(units):  # every job comes after the jobs it needs
+        for name in unit.steps:
+            assert all(position[d] <= i for d in paper.steps[name].deps)
+    result = CliRunner().invoke(app, ["plan", str(PAPER), "--executor", "slurm"])
+    assert f"slurm: {len(units)} jobs for {len(paper.steps)} steps" in result.output

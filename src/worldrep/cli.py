@@ -380,6 +380,8 @@ def study_run(
     backend = make_backend(executor, st, target, jobs=jobs, resources=res,
                            cluster=cluster or ("slurm" if executor == "slurm" else None))
     typer.echo(f"study {st.name}: {len(st.steps)} steps, output in {target}")
+    if getattr(backend, "note", None):
+        typer.echo(backend.note)
     report = run_study(st, target, backend, log=typer.echo, only=step, accept_code=accept_code)
     typer.echo(report.summary())
     if not report.ok:

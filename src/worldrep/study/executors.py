@@ -244,12 +244,27 @@ class Submitit:
                                                    "token": step.lock_token})
         return job
 
+    def outcomes(self, job) -> list[Outcome] | None:
+        """A finished job's outcomes; None while it runs. A job that left the Slurm queue
+        without a result (cancelled because an input's job failed, timed out, killed) is
+        read back from its steps' directories: submitit would wait for it forever where
+        there is no accounting to say it ended."""
+        unit = self.units[job]
+        if job.done():
+            return _unit_result(_JobFuture(job), unit)
+        if self.graph and not locks.slurm_job_alive(str(job.job_id)):
+            return outcomes_on_disk(unit, "its Slurm job ended without a result (cancelled, "
+                                          "timed out or killed)")
+        return None
+
     def wait(self, handles, timeout=None):
         deadline = None if timeout is None else time.time() + timeout
         while True:
-            done = [h for h in handles if h.done()]
-            if done or (deadline is not None and time.time() >= deadline):
-                return [(h, _unit_result(_JobFuture(h), self.units.pop(h))) for h in done]
+            finished = [(h, out) for h in handles if (out := self.outcomes(h)) is not None]
+            if finished or (deadline is not None and time.time() >= deadline):
+                for h, _ in finished:
+                    self.units.pop(h)
+                return finished
             time.sleep(self.poll_s)
 
     def close(self):
@@ -279,38 +294,46 @@ def make_backend(executor: str, study: Study, out: Path, jobs: int = 1,
     if executor == "slurm":
         import submitit
 
-        quiet_submitit()
         folder = Path(out) / "slurm" / "%j"
         sub = submitit.AutoExecutor(folder=folder, cluster=cluster)
-        return Submitit(sub, resources if resources is not None else study.resources,
-                        poll_s=2.0 if sub.cluster == "slurm" else 0.5,
-                        max_jobs=None if sub.cluster == "slurm" else max(1, jobs))
+        backend = Submitit(sub, resources if resources is not None else study.resources,
+                           poll_s=2.0 if sub.cluster == "slurm" else 0.5,
+                           max_jobs=None if sub.cluster == "slurm" else max(1, jobs))
+        if sub.cluster == "slurm" and follow_without_accounting():
+            backend.note = "no Slurm accounting here (sacct fails): jobs are followed with squeue"
+        return backend
     raise WorldrepError(f"unknown executor '{executor}'; allowed: local, slurm")
 
 
-def quiet_submitit() -> None:
-    """On a cluster without accounting, submitit warns at every poll that `sacct` failed
-    (it then reads job states from squeue and its own files): say so once, not hundreds of
-    times."""
-    import logging
+def follow_without_accounting() -> bool:
+    """On a cluster without accounting (`sacct` fails), submitit would call sacct at every
+    poll and print its error each time: follow jobs with squeue instead (a job that has left
+    the queue is done; its outcome is read from its step directories). True if it did."""
+    import subprocess
 
-    class _Once(logging.Filter):
-        seen = False
+    import submitit.slurm.slurm as submitit_slurm
 
-        def filter(self, record):
-            if "sacct" not in record.getMessage():
-                return True
-            if _Once.seen:
-                return False
-            _Once.seen = True
-            record.msg = ("sacct is unavailable (no Slurm accounting); job states come from "
-                          "squeue and the job files")
-            record.args = ()
-            return True
+    try:
+        probe = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True,
+                               text=True, timeout=20)
+        if probe.returncode == 0:
+            return False
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
-    logger = logging.getLogger("submitit")
-    if not any(isinstance(f, _Once) for f in logger.filters):
-        logger.addFilter(_Once())
+    class SqueueWatcher(submitit_slurm.SlurmInfoWatcher):
+        def _make_command(self):
+            ids = sorted({x.split("_")[0] for x in self._registered - self._finished})
+            if not ids:
+                return None
+            # sacct's header, then squeue's rows in the same columns (finished jobs: none)
+            return ["sh", "-c", "echo 'JobID|State|NodeList'; squeue -h -o '%i|%T|%N' -j "
+                    + ",".join(ids) + " 2>/dev/null || true"]
+
+    old = submitit_slurm.SlurmJob.watcher
+    if not isinstance(old, SqueueWatcher):
+        submitit_slurm.SlurmJob.watcher = SqueueWatcher(delay_s=getattr(old, "_delay_s", 60))
+    return True
 
 
 # -- the scheduler ----------------------------------------------------------------------------

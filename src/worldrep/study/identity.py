@@ -73,10 +73,20 @@ class Sources:
         return self._digests[module]
 
     def imports(self, module: str) -> set[str]:
-        """The modules `module` imports that can belong to a stage (any import statement)."""
+        """The modules `module` imports (any import statement, function-level ones too).
+        `from pkg import a, b` imports the submodules a and b where they are modules, and
+        pkg itself only for names that are not (a package's __init__ that re-exports its
+        modules is not code of a module that reaches one of them directly)."""
         if module not in self._imports:
             path = self.file(module)
-            self._imports[module] = _imported(module, path) if path else set()
+            found: set[str] = set()
+            for target, names in (_imported(module, path) if path else []):
+                subs = [f"{target}.{n}" for n in names]
+                modules = [m for m in subs if self.file(m) is not None]
+                found.update(modules)
+                if len(modules) < len(subs) or not names:
+                    found.add(target)
+            self._imports[module] = found
         return self._imports[module]
 
     def closure(self, roots: list[str]) -> list[str]:
@@ -102,14 +112,14 @@ class Sources:
         return sorted(seen - set(NOT_CODE))
 
 
-def _imported(module: str, path: Path) -> set[str]:
-    """Absolute names of the modules imported by one file (relative imports resolved; for
-    `from pkg import name`, both pkg and pkg.name, which may be a submodule)."""
+def _imported(module: str, path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names taken from it) for every import statement of one file, relative
+    imports resolved (`import a.b` is ('a.b', []))."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    out: set[str] = set()
+    out: list[tuple[str, list[str]]] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            out.update(alias.name for alias in node.names)
+            out += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -117,9 +127,9 @@ def _imported(module: str, path: Path) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            out.add(target)
-            out.update(f"{target}.{alias.name}" for alias in node.names)
-    return {m for m in out if m}
+            if target:
+                out.append((target, [alias.name for alias in node.names if alias.name != "*"]))
+    return out
 
 
 def task_modules(tasks: set[str]) -> list[str]:

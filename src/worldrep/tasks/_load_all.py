@@ -2,9 +2,10 @@
 
 import importlib
 import pkgutil
+from pathlib import Path
 
-from .. import tasks as _pkg
-
-for _info in pkgutil.iter_modules(_pkg.__path__):
+# The package's own directory, not the package object: importing the package from here
+# would make it and its registry import each other.
+for _info in pkgutil.iter_modules([str(Path(__file__).parent)]):
     if not _info.name.startswith("_") and _info.name not in ("base", "common", "registry"):
-        importlib.import_module(f"{_pkg.__name__}.{_info.name}")
+        importlib.import_module(f"{__package__}.{_info.name}")
