@@ -323,15 +323,30 @@ def analyze_ni(
 
 
 # --- study commands ---------------------------------------------------------------------
-def _study_out(study, out: Path | None) -> Path:
-    return Path(out) if out else study.default_out()
+StudyArg = Annotated[str | None, typer.Argument(
+    help="study YAML file, or a built-in: quickstart, findings, paper (default: the one "
+         "recorded in --out)")]
+OutOpt = Annotated[Path | None, typer.Option(help="study output directory")]
+ScaleOpt = Annotated[float | None, typer.Option(
+    help="divide every data size and step count by S (default: as recorded in --out, else 1)")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="override a setting: KIND.KEY=VALUE for every step of a kind (e.g. "
+                  "train.model.preset=tiny) or KEY=VALUE of the study file; repeatable")]
+
+
+def _open(study, out, scale, overrides):
+    from .study.outdir import open_study
+
+    return open_study(study, out, scale, overrides)
 
 
 @app.command("plan")
 @friendly
 def study_plan(
-    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
+    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, "
+                                              "findings, paper")],
     scale: Annotated[float, typer.Option(help="divide every data size and step count by S")] = 1.0,
+    overrides: SetOpt = None,
     executor: Annotated[str, typer.Option(
         help="local or slurm (slurm: also print the jobs it would submit)")] = "local",
     json_: Annotated[bool, typer.Option("--json", help="every step as JSON: kind, name, "
@@ -343,7 +358,7 @@ def study_plan(
 
     if executor not in ("local", "slurm"):
         raise WorldrepError(f"unknown executor '{executor}'; allowed: local, slurm")
-    st = load_study(study, scale)
+    st = load_study(study, scale, overrides=overrides or [])
     if json_:
         import json
 
@@ -355,11 +370,12 @@ def study_plan(
 @app.command("run")
 @friendly
 def study_run(
-    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
-    out: Annotated[Path | None, typer.Option(help="study output directory")] = None,
+    study: StudyArg = None,
+    out: OutOpt = None,
     jobs: Annotated[int, typer.Option(help="local worker processes")] = 1,
     executor: Annotated[str, typer.Option(help="local or slurm")] = "local",
-    scale: Annotated[float, typer.Option(help="divide every data size and step count by S")] = 1.0,
+    scale: ScaleOpt = None,
+    overrides: SetOpt = None,
     step: Annotated[list[str] | None, typer.Option(
         help="run only this step (and what it needs); repeatable")] = None,
     resources: Annotated[list[str] | None, typer.Option(
@@ -369,106 +385,107 @@ def study_run(
     accept_code: Annotated[bool, typer.Option(
         help="treat code changes as cosmetic for this run: keep finished steps whose spec "
              "and inputs are unchanged instead of redoing them")] = False,
+    report: Annotated[bool, typer.Option(help="write the report at the end")] = True,
 ):
     """Run every step of a study that is missing or changed, in dependency order."""
-    from .study.executors import make_backend, resource_overrides, run_study
-    from .study.load import load_study
+    import time
 
-    st = load_study(study, scale)
-    target = _study_out(st, out)
+    from .study.executors import make_backend, resource_overrides, run_study
+    from .study.outdir import remember
+    from .study.report import headlines, write_report
+
+    start = time.time()
+    st, target = _open(study, out, scale, overrides)
     res = resource_overrides(st.resources, resources or [])
     backend = make_backend(executor, st, target, jobs=jobs, resources=res,
                            cluster=cluster or ("slurm" if executor == "slurm" else None))
+    remember(target, st)
     typer.echo(f"study {st.name}: {len(st.steps)} steps, output in {target}")
     if getattr(backend, "note", None):
         typer.echo(backend.note)
-    report = run_study(st, target, backend, log=typer.echo, only=step, accept_code=accept_code)
-    typer.echo(report.summary())
-    if not report.ok:
+    result = run_study(st, target, backend, log=typer.echo, only=step, accept_code=accept_code)
+    typer.echo(result.summary())
+    if report:
+        path = write_report(st, target)
+        for line in headlines(st, target):
+            typer.echo(line)
+        typer.echo(f"report written to {path} ({time.time() - start:.0f}s in all)")
+    if not result.ok:
         raise typer.Exit(1)
 
 
 @app.command("status")
 @friendly
 def study_status(
-    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
-    out: Annotated[Path | None, typer.Option(help="study output directory")] = None,
-    scale: Annotated[float, typer.Option(help="the scale the study was run with")] = 1.0,
+    study: StudyArg = None,
+    out: OutOpt = None,
+    scale: ScaleOpt = None,
+    overrides: SetOpt = None,
+    watch: Annotated[float | None, typer.Option(
+        help="redraw every S seconds (a live table) until interrupted")] = None,
 ):
     """Show which steps are done, running (and who holds them), failed (with the error), or
     due to run and why (new, spec/input/code changed, failed before)."""
     from .study.cache import format_status, study_states
-    from .study.load import load_study
 
-    st = load_study(study, scale)
-    target = _study_out(st, out)
+    st, target = _open(study, out, scale, overrides)
+    if watch:
+        from .study.watch import watch_status
+
+        watch_status(st, target, every=watch)
+        return
     typer.echo(format_status(st, target, study_states(st, target)))
 
 
 @app.command("unlock")
 @friendly
 def study_unlock(
-    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
-    out: Annotated[Path | None, typer.Option(help="study output directory")] = None,
-    scale: Annotated[float, typer.Option(help="the scale the study was run with")] = 1.0,
+    study: StudyArg = None,
+    out: OutOpt = None,
+    scale: ScaleOpt = None,
+    overrides: SetOpt = None,
     force: Annotated[bool, typer.Option(
         help="also clear locks of live runners on this host and of queued Slurm jobs")] = False,
 ):
     """Clear step locks whose holders cannot be vouched for from here (gone, or on another
     host). A dead runner's locks on this host are broken automatically anyway."""
     from .study.cache import clear_locks
-    from .study.load import load_study
 
-    st = load_study(study, scale)
-    cleared = clear_locks(st, _study_out(st, out), force=force)
+    st, target = _open(study, out, scale, overrides)
+    cleared = clear_locks(st, target, force=force)
     typer.echo(f"cleared {len(cleared)} lock(s)" + (": " + ", ".join(cleared) if cleared else ""))
 
 
 @app.command("report")
 @friendly
 def study_report(
-    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, paper")],
-    out: Annotated[Path | None, typer.Option(help="study output directory")] = None,
-    scale: Annotated[float, typer.Option(help="the scale the study was run with")] = 1.0,
+    study: StudyArg = None,
+    out: OutOpt = None,
+    scale: ScaleOpt = None,
+    overrides: SetOpt = None,
     html: Annotated[Path | None, typer.Option(help="where to write the page")] = None,
 ):
-    """Write one self-contained HTML page with the study's runs, metrics and figures."""
-    from .study.load import load_study
+    """Write one self-contained HTML page (and findings.json) with the study's runs, metrics,
+    figures and findings."""
     from .study.report import write_report
 
-    st = load_study(study, scale)
-    path = write_report(st, _study_out(st, out), html)
+    st, target = _open(study, out, scale, overrides)
+    path = write_report(st, target, html)
     typer.echo(f"report written to {path}")
 
 
 @app.command("quickstart")
 @friendly
 def quickstart(
-    out: Annotated[Path | None, typer.Option(help="output directory")] = None,
+    out: OutOpt = None,
     scale: Annotated[float, typer.Option(help="divide data sizes and steps by S (smoke test)")] = 1.0,
     jobs: Annotated[int, typer.Option(
         help="worker processes (2: the side runs train beside the main model)")] = 2,
 ):
     """Run the quickstart study end to end (minutes on a 2-core CPU) and write its report."""
-    import time
-
-    from .study.executors import make_backend, run_study
-    from .study.load import load_study
-    from .study.report import headlines, write_report
-
-    start = time.time()
-    st = load_study("quickstart", scale)
-    target = _study_out(st, out)
-    typer.echo(f"quickstart: {len(st.steps)} steps, output in {target}")
-    report = run_study(st, target, make_backend("local", st, target, jobs=jobs), log=typer.echo)
-    typer.echo(report.summary())
-    path = write_report(st, target)
-    for line in headlines(st, target):
-        typer.echo(line)
-    typer.echo(f"report written to {path} ({time.time() - start:.0f}s in all)")
-    if not report.ok:
-        raise typer.Exit(1)
-
+    study_run(study="quickstart", out=out, jobs=jobs, executor="local", scale=scale,
+              overrides=None, step=None, resources=None, cluster=None, accept_code=False,
+              report=True)
 
 
 def main() -> None:  # pragma: no cover - entry point

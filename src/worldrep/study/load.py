@@ -76,6 +76,8 @@ class StudyFile(Strict):
     evals: list[dict] = pydantic.Field(default_factory=list)
     analyses: list[dict] = pydantic.Field(default_factory=list)
     steps: list[dict] = pydantic.Field(default_factory=list)
+    # Findings the report computes from the artifacts (worldrep.study.findings)
+    findings: list[dict] = pydantic.Field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +111,8 @@ class Study:
     out: str | None = None
     pack: str = "off"
     pack_limit: int = 42
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, as given
+    findings: list[dict] = field(default_factory=list)  # what the report holds against paper
 
     def default_out(self) -> Path:
         base = Path(self.out) if self.out else Path("out") / self.name
@@ -140,15 +144,21 @@ def resolve_study_path(study: str | Path) -> Path:
     raise WorldrepError(f"study file not found: {study} (built-in studies: {', '.join(known)})")
 
 
-def load_study(path: str | Path, scale: float = 1.0, sources: Sources | None = None) -> Study:
-    """A study file expanded and linked into its step graph. `sources` is where the code
-    that step identities cover is read (default: this worldrep)."""
+def load_study(path: str | Path, scale: float = 1.0, sources: Sources | None = None,
+               overrides: list[str] | None = None) -> Study:
+    """A study file expanded and linked into its step graph. `overrides` are `--set`
+    settings (`KIND.KEY=VALUE` for every step of a kind, `KEY=VALUE` for the study file);
+    `sources` is where the code that step identities cover is read (default: this worldrep)."""
     path = resolve_study_path(path)
     if not scale >= 1:
         raise WorldrepError(f"--scale must be >= 1 (it divides sizes and steps), got {scale}")
-    sf = parse_config(StudyFile, load_yaml(path), where=str(path))
+    raw = load_yaml(path)
+    if isinstance(raw.get("plugins"), list):  # their kinds may be named by overrides
+        import_plugins([str(m) for m in raw["plugins"]])
+    per_kind = _apply_top_level(raw, parse_overrides(overrides or []), path)
+    sf = parse_config(StudyFile, raw, where=str(path))
     import_plugins(sf.plugins)
-    builder = _Builder(path, sf, scale, sources or Sources())
+    builder = _Builder(path, sf, scale, sources or Sources(), per_kind)
     if sf.world is not None:
         builder.declare("worlds", "world", {"name": "world", **sf.world})
     for section in SECTIONS:
@@ -157,7 +167,57 @@ def load_study(path: str | Path, scale: float = 1.0, sources: Sources | None = N
     steps = builder.link()
     return Study(name=sf.name or path.stem, path=path, scale=scale, steps=steps,
                  resources=sf.resources, plugins=sf.plugins, description=sf.description,
-                 out=sf.out, pack=sf.pack, pack_limit=sf.pack_limit)
+                 out=sf.out, pack=sf.pack, pack_limit=sf.pack_limit,
+                 overrides=list(overrides or []), findings=sf.findings)
+
+
+def parse_overrides(items: list[str]) -> list[tuple[list[str], Any, str]]:
+    """`KEY.PATH=VALUE` items as (path, value, item); VALUE is read as YAML (3e-4, true,
+    [1, 2], null)."""
+    import yaml
+
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        path = [k for k in key.strip().split(".") if k]
+        if not sep or not path:
+            raise WorldrepError(f"--set '{item}': expected KEY=VALUE, e.g. "
+                                "train.model.preset=tiny or pack_limit=7")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as err:
+            raise WorldrepError(f"--set '{item}': the value is not valid YAML: {err}") from None
+        out.append((path, parsed, item))
+    return out
+
+
+def _apply_top_level(raw: dict, overrides, path: Path) -> dict[str, list]:
+    """Set study-file keys (`pack_limit=7`) in `raw`; return the per-kind ones by kind."""
+    from .kinds import KINDS
+
+    per_kind: dict[str, list] = {}
+    for keys, value, item in overrides:
+        if keys[0] in KINDS and len(keys) > 1:
+            per_kind.setdefault(keys[0], []).append((keys[1:], value, item))
+        elif keys[0] in StudyFile.model_fields and len(keys) == 1:
+            raw[keys[0]] = value
+        else:
+            raise WorldrepError(
+                f"--set '{item}': '{keys[0]}' is neither a step kind (then KIND.KEY=VALUE) nor "
+                f"a study key; kinds: {', '.join(sorted(KINDS))}; study keys: "
+                f"{', '.join(k for k in StudyFile.model_fields if k not in SECTIONS)}")
+    return per_kind
+
+
+def _set(body: dict, keys: list[str], value: Any) -> dict:
+    out = copy.deepcopy(body)
+    node = out
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = copy.deepcopy(value)
+    return out
 
 
 def import_plugins(modules: list[str]) -> None:
@@ -179,8 +239,10 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 class _Builder:
-    def __init__(self, path: Path, sf: StudyFile, scale: float, sources: Sources):
+    def __init__(self, path: Path, sf: StudyFile, scale: float, sources: Sources,
+                 overrides: dict[str, list] | None = None):
         self.path, self.sf, self.scale, self.sources = path, sf, scale, sources
+        self.overrides = overrides or {}
         self.steps: dict[str, Step] = {}
 
     def fail(self, where: str, msg: str) -> WorldrepError:
@@ -233,6 +295,8 @@ class _Builder:
         try:
             kind = get_kind(kind_name)
             body = deep_merge(self.sf.defaults.get(kind_name, {}), body)
+            for keys, value, _ in self.overrides.get(kind_name, []):
+                body = _set(body, keys, value)
             if self.sf.seed is not None and "seed" not in body and "seed" in _fields(kind):
                 body["seed"] = self.sf.seed
             spec = kind.validate(body, where=f"{self.path}: {where}")
