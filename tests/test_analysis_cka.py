@@ -150,3 +150,39 @@ def test_cka_matrix_stage(tmp_path):
         cka_matrix({"A@1": a1, "B": b}, CKASpec(layers=[3]), tmp_path / "bad")
     with pytest.raises(WorldrepError, match="at least 2 runs"):
         cka_matrix({"A@1": a1}, CKASpec(), tmp_path / "bad")
+
+
+def test_convergence_pairs_models_that_share_no_task_within_a_seed(tmp_path):
+    from worldrep.analysis.cka import ConvergenceSpec, Model, cka_by_tasks
+
+    cities = fake_cities(n_world=400, n_synthetic=10)
+    shared = linear_reps(cities, hidden=32, noise=0.05, seed=3)  # one map, rotated per model
+    noise = np.random.default_rng(5).normal(size=shared.shape).astype(np.float32)
+    specs = {  # label: (tasks, seed, representation)
+        "d@1": (("distance",), "1", noise), "a@1": (("angle",), "1", shared),
+        "p@1": (("perimeter",), "1", shared), "c@1": (("crossing",), "1", shared),
+        "a@2": (("angle",), "2", shared),
+        "da@1": (("distance", "angle"), "1", shared), "pc@1": (("perimeter", "compass"), "1",
+                                                              shared),
+        "dp@1": (("distance", "perimeter"), "1", noise),
+    }
+    paths, models = {}, {}
+    for i, (label, (tasks, seed, base)) in enumerate(specs.items()):
+        vectors = np.einsum("nlph,hk->nlpk", base, _rotation(32, 20 + i))
+        paths[label] = write_reps(tmp_path / label.replace("@", "_"), cities, vectors)
+        models[label] = Model(tasks, seed)
+    out = cka_by_tasks(paths, models, ConvergenceSpec(), tmp_path / "conv")
+    pairs = pd.read_csv(out / "pairs.csv")
+    got = {(r.model_a, r.model_b): r.relation for r in pairs.itertuples()}
+    # crossing alone is left out; pairs across seeds only for one config; shared tasks never
+    assert not any("c@1" in k for k in got)
+    assert got[("a@1", "a@2")] == "same config" and ("d@1", "a@2") not in got
+    assert ("da@1", "dp@1") not in got and got[("da@1", "pc@1")] == "no shared task"
+    assert {k for k, v in got.items() if v == "no shared task"} == {
+        ("d@1", "a@1"), ("d@1", "p@1"), ("a@1", "p@1"), ("da@1", "pc@1")}  # pc, dp share P
+    summary = pd.read_csv(out / "summary.csv").set_index(["relation", "n_tasks"])
+    one = pairs[(pairs["relation"] == "no shared task") & (pairs["n_tasks"] == 1)]["cka"]
+    assert summary.loc[("no shared task", 1), "mean"] == pytest.approx(one.mean())
+    assert summary.loc[("no shared task", 1), "n"] == 3
+    assert summary.loc[("same config", 1), "mean"] == pytest.approx(1.0, abs=1e-3)
+    assert (out / "convergence.png").is_file()

@@ -38,7 +38,9 @@ def test_error_task_fallback_when_log_ratio_is_undefined():
     assert normalized_improvement(30, 60, 40, "error") == 1.0
     # std <= 0: linear between atl and std.
     assert normalized_improvement(25, 0, 100, "error") == pytest.approx(0.75)
-    assert normalized_improvement(0, 5, 100, "error", clip=None) == math.inf
+    # A perfect model (error 0) scores 1, as in the reference (its fallback covers v <= 0),
+    # not an unbounded log ratio.
+    assert normalized_improvement(0, 5, 100, "error", clip=None) == 1.0
 
 
 def test_accuracy_task_linear():
@@ -128,3 +130,22 @@ def test_ni_matrix_writes_deviation_heat_map(tmp_path):
     assert dev.loc["distance+angle", "angle"] == pytest.approx(-0.5)
     assert (out / "deviation.png").stat().st_size > 5_000
     assert (out / "ni_multi.csv").is_file() and (out / "manifest.json").is_file()
+
+
+def test_ill_conditioned_normalisation_is_flagged_not_a_number(tmp_path):
+    """A base whose world and Atlantis scores barely differ (it never learned the task)
+    makes NI divide by almost zero: the cell is blank and named in the manifest."""
+    import json
+
+    from worldrep.analysis.improvement import NISpec, ni_matrix
+
+    base_world = {"distance": {"mean_error": 10.0}, "angle": {"mean_error": 168.0}}
+    base_atl = {"distance": {"mean_error": 200.0}, "angle": {"mean_error": 174.0}}
+    ft = {"distance": {"distance": {"mean_error": 20.0}, "angle": {"mean_error": 100.0}}}
+    out = ni_matrix(ft, base_world, base_atl, NISpec(), tmp_path / "ni")
+    long = pd.read_csv(out / "ni_long.csv")
+    angle = long[long["task"] == "angle"].iloc[0]
+    assert not angle["conditioned"] and np.isnan(angle["ni"])
+    assert long[long["task"] == "distance"]["ni"].notna().all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [r["task"] for r in manifest["ill_conditioned"]] == ["angle"]

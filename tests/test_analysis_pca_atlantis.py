@@ -116,3 +116,17 @@ def test_atlantis_errors_are_clear(cities, tmp_path):
     with pytest.raises(WorldrepError, match="groups name models"):
         atlantis_error({"w": path}, AtlantisSpec(groups={"x": "g"}), tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_pooled_groups_are_compared_by_mann_whitney_u():
+    from worldrep.analysis.atlantis import group_tests
+
+    rng = np.random.default_rng(0)
+    far, near = rng.normal(500, 50, 60), rng.normal(100, 20, 80)
+    table = group_tests({"with distance": far, "without distance": near})
+    row = table.iloc[0]
+    # U counts the pairs where the first group's value is larger (no ties here).
+    assert row["u"] == (far[:, None] > near[None, :]).sum() == 60 * 80
+    assert row["p"] < 1e-10 and row["mean_ratio"] == pytest.approx(far.mean() / near.mean())
+    same = group_tests({"a": near[:40], "b": near[40:]}).iloc[0]
+    assert same["p"] > 0.01

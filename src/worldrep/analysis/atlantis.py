@@ -92,10 +92,32 @@ def pooled_table(errors: pd.DataFrame) -> pd.DataFrame:
                          for name, e in rows])
 
 
+def group_tests(samples: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Two-sided Mann-Whitney U between every two pooled groups (paper §8.4: p ~ 0 between
+    Atlantis with and without distance), with the ratio of their means and medians."""
+    from itertools import combinations
+
+    from scipy.stats import mannwhitneyu
+
+    rows = []
+    for a, b in combinations(samples, 2):
+        x, y = np.asarray(samples[a], float), np.asarray(samples[b], float)
+        if len(x) == 0 or len(y) == 0:
+            continue
+        test = mannwhitneyu(x, y, alternative="two-sided")
+        rows.append({"group_a": a, "group_b": b, "n_a": len(x), "n_b": len(y),
+                     "u": float(test.statistic), "p": float(test.pvalue),
+                     "mean_ratio": x.mean() / y.mean() if y.mean() else np.nan,
+                     "median_ratio": np.median(x) / np.median(y) if np.median(y) else np.nan})
+    return pd.DataFrame(rows, columns=["group_a", "group_b", "n_a", "n_b", "u", "p",
+                                       "mean_ratio", "median_ratio"])
+
+
 def atlantis_error(reps_paths, spec: AtlantisSpec | None = None,
                    out: str | Path = "atlantis") -> Path:
     """Reconstruction error of synthetic cities for one reps dir or a dict label -> reps dir;
-    models are pooled by `spec.groups` (e.g. 'with distance' / 'without distance')."""
+    models are pooled by `spec.groups` (e.g. 'with distance' / 'without distance'); every two
+    pooled groups are compared by a Mann-Whitney U test (tests.csv)."""
     spec = spec or AtlantisSpec()
     if not isinstance(reps_paths, dict):
         reps_paths = {Path(reps_paths).name: reps_paths}
@@ -120,6 +142,7 @@ def atlantis_error(reps_paths, spec: AtlantisSpec | None = None,
         syn = errors[errors["set"] == "synthetic"]
         for (region, group), part in syn.groupby(["region", "model_group"], sort=False):
             samples[f"{region}, {group}" if group else region] = part["error"].to_numpy()
+        group_tests(samples).to_csv(tmp / "tests.csv", index=False)
         figures.error_histogram(tmp / "histogram.png", samples,
                                 title="probe reconstruction error (probe fitted on world cities)")
         artifacts.write_spec(tmp, full_spec)

@@ -264,3 +264,76 @@ def _write_matrix(directory: Path, metric, layer, configs, mean, sem, n, n_citie
                     sem=show_sem,
                     title=f"{METRIC_TITLES[metric]}, layer {layer} ({n_cities} cities; "
                           "diagonal: cross-seed pairs only)")
+
+
+# -- convergence: CKA against the number of training tasks (paper Fig. 3d) ------------------------
+class ConvergenceSpec(Strict):
+    """Linear CKA of pairs of models that share no training task, by how many tasks each was
+    trained on, per layer. Paper: layer 5, 0.655 (1 task) -> 0.873 (2) -> 0.851 (3)."""
+
+    layers: list[int] | None = None  # None: every layer the runs share
+    positions: list[str] | None = None
+    cities: str = "world"
+    pairing: Literal["same_seed", "all"] = "same_seed"  # paper Fig. 3d: pairs within a seed
+    exclude_single: list[str] = pydantic.Field(default_factory=lambda: ["crossing"])
+
+
+@dataclass
+class Model:
+    """What a model was trained on, for pairing: its tasks and its seed."""
+
+    tasks: tuple[str, ...]
+    seed: str
+
+
+def cka_by_tasks(reps_paths: dict[str, str | Path], models: dict[str, Model],
+                 spec: ConvergenceSpec | None = None, out: str | Path = "convergence") -> Path:
+    """Mean linear CKA (with SEM) of non-overlapping model pairs of equal task count, per
+    layer; and, per task count, of the same configuration across seeds (within-config)."""
+    spec = spec or ConvergenceSpec()
+    keep = {k: v for k, v in reps_paths.items()
+            if not (len(models[k].tasks) == 1 and models[k].tasks[0] in spec.exclude_single)}
+    if len(keep) < 2:
+        raise WorldrepError(f"convergence needs at least 2 models, got {len(keep)}")
+    runs = {str(k): load_reps(v) for k, v in keep.items()}
+    ids = common_cities(runs, spec.cities)
+    runs = {k: _aligned(r, ids) for k, r in runs.items()}
+    layers = _shared_layers(runs, spec.layers)
+    pairs = []
+    for layer in layers:
+        prepared = {label: _Prepared.of(r.features([layer], spec.positions))
+                    for label, r in runs.items()}
+        for a, b in itertools.combinations(prepared, 2):
+            ma, mb = models[a], models[b]
+            if len(ma.tasks) != len(mb.tasks):
+                continue
+            same_config = set(ma.tasks) == set(mb.tasks)
+            disjoint = not set(ma.tasks) & set(mb.tasks)
+            if same_config and ma.seed != mb.seed:
+                relation = "same config"
+            elif disjoint and (spec.pairing == "all" or ma.seed == mb.seed):
+                relation = "no shared task"
+            else:
+                continue
+            pairs.append({"layer": layer, "n_tasks": len(ma.tasks), "relation": relation,
+                          "model_a": a, "model_b": b, "seed_a": ma.seed, "seed_b": mb.seed,
+                          "cka": prepared[a].linear_cka(prepared[b])})
+    if not pairs:
+        raise WorldrepError("no two models of equal task count share no task (or a config "
+                            "across seeds); convergence has nothing to compare")
+    table = pd.DataFrame(pairs)
+    summary = (table.groupby(["relation", "layer", "n_tasks"])["cka"]
+               .agg(mean="mean", sem=lambda v: v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1
+                    else np.nan, n="count").reset_index())
+    full_spec = {"convergence": spec.model_dump(mode="json"),
+                 "reps": {k: artifacts.content_id(v) for k, v in keep.items()},
+                 "models": {k: {"tasks": list(m.tasks), "seed": m.seed} for k, m in
+                            models.items() if k in keep}}
+    with artifacts.artifact_dir(out) as tmp:
+        table.to_csv(tmp / "pairs.csv", index=False)
+        summary.to_csv(tmp / "summary.csv", index=False)
+        figures.convergence_curves(tmp / "convergence.png", summary,
+                                   title=f"linear CKA vs number of tasks ({len(ids)} cities)")
+        artifacts.write_spec(tmp, full_spec)
+        artifacts.write_manifest(tmp, "convergence", full_spec, models=len(keep), layers=layers)
+    return Path(out)

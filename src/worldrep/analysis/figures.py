@@ -243,3 +243,22 @@ def _scene(coords, explained) -> dict:
         axes[name] = {"title": {"text": _pc_label(i, explained)},
                       "range": [float(lo[i] - pad[i]), float(hi[i] + pad[i])]}
     return {**axes, "aspectmode": "cube"}
+
+
+def convergence_curves(path, summary, title: str = "") -> Path:
+    """Mean CKA (± SEM) against the number of training tasks, one line per layer: solid for
+    pairs that share no task, dashed for one configuration across seeds."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.cm.viridis(np.linspace(0, 0.85, max(1, summary["layer"].nunique())))
+    for colour, (layer, part) in zip(colours, summary.groupby("layer"), strict=True):
+        for relation, style in (("no shared task", "-"), ("same config", "--")):
+            rows = part[part["relation"] == relation].sort_values("n_tasks")
+            if len(rows):
+                ax.errorbar(rows["n_tasks"], rows["mean"], yerr=rows["sem"].fillna(0),
+                            fmt=style + "o", color=colour, capsize=3,
+                            label=f"layer {layer}, {relation}")
+    ax.set(xlabel="tasks per model", ylabel="linear CKA", ylim=(0, 1), title=title)
+    ax.set_xticks(sorted(summary["n_tasks"].unique()))
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -3,8 +3,9 @@ deviation for multi-task fine-tuning.
 
 NI puts a fine-tuned model's Atlantis score v on the base model's scale (paper §6):
 0 = the base model on Atlantis queries (atl), 1 = the base model on world queries (std).
-- error tasks: log(atl / v) / log(atl / std); when std >= atl or atl, std <= 0 the log ratio is
-  meaningless and the reference falls back to 0 if v >= atl, 1 if v <= std, linear in between;
+- error tasks: log(atl / v) / log(atl / std); when std >= atl or any of v, atl, std <= 0 the
+  log ratio is meaningless and the reference falls back to 0 if v >= atl, 1 if v <= std,
+  linear in between (so a perfect model, v = 0, scores 1, as in the reference);
 - accuracy (and score) tasks: (v - atl) / (std - atl), or 0 when std <= atl.
 The reference clipped NI to [0, 1.5] before every figure; `clip` keeps that default.
 Best-teacher expectation for a model fine-tuned on tasks {j, k}: max(NI(j), NI(k)) per
@@ -33,9 +34,8 @@ def normalized_improvement(value, base_world, base_atlantis, metric: str,
     v, std, atl = (np.asarray(a, np.float64) for a in (value, base_world, base_atlantis))
     with np.errstate(divide="ignore", invalid="ignore"):
         if metric == "error":
-            usable = (std < atl) & (std > 0) & (atl > 0)
+            usable = (std < atl) & (std > 0) & (atl > 0) & (v > 0)
             log_ratio = np.log(atl / v) / np.log(atl / std)
-            log_ratio = np.where(v <= 0, np.inf, log_ratio)  # a perfect model: unbounded
             linear = np.where(v >= atl, 0.0, np.where(v <= std, 1.0, (atl - v) / (atl - std)))
             ni = np.where(usable, log_ratio, linear)
         elif metric in ("accuracy", "score"):  # higher is better: linear
@@ -50,6 +50,16 @@ def normalized_improvement(value, base_world, base_atlantis, metric: str,
 
 
 # -- reading evaluation summaries ------------------------------------------------------------
+def conditioned(base_world, base_atlantis, metric: str, min_gap: float) -> bool:
+    """Whether the base's world and Atlantis scores are far enough apart for NI to mean
+    anything: log(atl/std) >= min_gap for error tasks, std - atl >= min_gap for the others.
+    Below it NI divides by almost zero (a base that never learned the task on either)."""
+    std, atl = float(base_world), float(base_atlantis)
+    if metric == "error":
+        return std > 0 and atl > 0 and np.log(atl / std) >= min_gap
+    return std - atl >= min_gap
+
+
 def _is_summary(obj) -> bool:
     return isinstance(obj, dict) and all(
         isinstance(v, int | float) or (isinstance(v, dict) and any(k in v for k in METRIC_KEYS))
@@ -105,6 +115,9 @@ class NISpec(Strict):
     eval_name_world: str = "world"  # run dirs: RUN/evals/<eval_name>/<checkpoint>/summary.json
     eval_name_atlantis: str = "atlantis"
     checkpoint: str = "final"
+    # Below this gap between the base's world and Atlantis scores NI is ill-conditioned:
+    # reported as such (NaN in the matrices), never plotted as a number.
+    min_gap: float = 0.1
 
 
 def _split_label(label: str, sep: str) -> tuple[str, str]:
@@ -155,9 +168,12 @@ def ni_table(finetuned: dict, base_world, base_atlantis, spec: NISpec | None = N
                 raise WorldrepError(f"task '{task}' missing from the {', '.join(missing)} "
                                     "summary; evaluate it or leave it out of `tasks`")
             (v, metric), (std, _), (atl, _) = ft[task], bw[task], ba[task]
+            ok = conditioned(std, atl, metric, spec.min_gap)
             rows.append({"label": str(label), "config": config, "seed": seed, "task": task,
                          "metric": metric, "value": v, "base_world": std, "base_atlantis": atl,
-                         "ni": normalized_improvement(v, std, atl, metric, spec.clip)})
+                         "conditioned": ok,
+                         "ni": normalized_improvement(v, std, atl, metric, spec.clip)
+                         if ok else np.nan})
     if not rows:
         raise WorldrepError("no fine-tuned model given")
     return pd.DataFrame(rows)
@@ -185,10 +201,34 @@ def _matrix(long: pd.DataFrame, column: str, rows: list[str], cols: list[str]) -
         index=rows, columns=cols)
 
 
+def _heatmaps(tmp: Path, long: pd.DataFrame, dev: pd.DataFrame, single: list[str],
+              multi: list[str], tasks: list[str], suffix: str = "", what: str = "") -> None:
+    """The NI matrices (single-task and multi-task fine-tunes) and the deviation matrix."""
+    for name, group in (("single", single), ("multi", multi)):
+        if not group:
+            continue
+        m = _matrix(long, "ni", group, tasks)
+        m.to_csv(tmp / f"ni_{name}{suffix}.csv")
+        values = m.to_numpy(dtype=float)
+        top = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+        figures.heatmap(tmp / f"ni_{name}{suffix}.png", values, group, tasks, cmap="viridis",
+                        vmin=0.0, vmax=max(1.0, top),
+                        title=f"normalised improvement on Atlantis queries{what} "
+                              "(rows: fine-tuned on, columns: evaluated; blank: ill-conditioned)")
+    if len(dev):
+        d = _matrix(dev, "deviation", [c for c in multi if c in set(dev["config"])], tasks)
+        d.to_csv(tmp / f"deviation{suffix}.csv")
+        figures.heatmap(tmp / f"deviation{suffix}.png", d.to_numpy(dtype=float), list(d.index),
+                        tasks, cmap="RdBu", centre=0.0,
+                        title=f"deviation from the best single-task teacher (NI units){what}")
+
+
 def ni_matrix(finetuned: dict, base_world, base_atlantis, spec: NISpec | None = None,
               out: str | Path = "ni") -> Path:
     """NI matrix (fine-tuned config x evaluated task, seed mean) and, for multi-task configs,
-    the best-teacher deviation matrix; tables and heat maps."""
+    the best-teacher deviation matrix; tables and heat maps. With several seeds, also one
+    panel per seed (`*_s<seed>`). Tasks whose normalisation is ill-conditioned for the base
+    (see `conditioned`) are left blank and listed in the manifest."""
     spec = spec or NISpec()
     long = ni_table(finetuned, base_world, base_atlantis, spec)
     tasks = list(dict.fromkeys(long["task"]))
@@ -196,29 +236,25 @@ def ni_matrix(finetuned: dict, base_world, base_atlantis, spec: NISpec | None = 
     single = [c for c in configs if spec.task_separator not in c]
     multi = [c for c in configs if spec.task_separator in c]
     dev = deviation_table(long, spec.task_separator)
+    seeds = [s for s in dict.fromkeys(long["seed"]) if s != ""]
+    bad = long[~long["conditioned"]][["seed", "task", "base_world", "base_atlantis"]]
+    ill = bad.drop_duplicates().to_dict("records")
     # The identity is what was compared (the summaries' numbers), not where they were read.
     full_spec = {"ni": spec.model_dump(mode="json"),
                  "rows": long[["label", "task", "metric", "value", "base_world",
                                "base_atlantis"]].to_dict("records")}
     with artifacts.artifact_dir(out) as tmp:
         long.to_csv(tmp / "ni_long.csv", index=False)
-        for name, group in (("single", single), ("multi", multi)):
-            if not group:
-                continue
-            m = _matrix(long, "ni", group, tasks)
-            m.to_csv(tmp / f"ni_{name}.csv")
-            figures.heatmap(tmp / f"ni_{name}.png", m.to_numpy(), group, tasks, cmap="viridis",
-                            vmin=0.0, vmax=max(1.0, float(np.nanmax(m.to_numpy()))),
-                            title="normalised improvement on Atlantis queries "
-                                  "(rows: fine-tuned on, columns: evaluated)")
         if len(dev):
             dev.to_csv(tmp / "deviation_long.csv", index=False)
-            d = _matrix(dev, "deviation", [c for c in multi if c in set(dev["config"])], tasks)
-            d.to_csv(tmp / "deviation.csv")
-            figures.heatmap(tmp / "deviation.png", d.to_numpy(), list(d.index), tasks,
-                            cmap="RdBu", centre=0.0,
-                            title="deviation from the best single-task teacher (NI units)")
+        _heatmaps(tmp, long, dev, single, multi, tasks,
+                  what=f", mean of {len(seeds)} seeds" if len(seeds) > 1 else "")
+        if len(seeds) > 1:
+            for seed in seeds:
+                _heatmaps(tmp, long[long["seed"] == seed], dev[dev["seed"] == seed], single,
+                          multi, tasks, suffix=f"_s{seed}", what=f", seed {seed}")
         artifacts.write_spec(tmp, full_spec)
         artifacts.write_manifest(tmp, "normalized_improvement", full_spec,
-                                 models=len(finetuned), tasks=tasks)
+                                 models=len(finetuned), tasks=tasks, seeds=seeds,
+                                 ill_conditioned=ill)
     return Path(out)

@@ -77,6 +77,11 @@ class StepKind:
     def check(self, spec: dict, steps: dict) -> None:
         """Checks that need the referenced steps' specs (`steps`: name -> Step)."""
 
+    def resolve(self, spec: dict, steps: dict) -> dict:
+        """Fill in what the referenced steps say (e.g. which tasks a model was trained on),
+        so that it is part of the spec, its identity and its stage's input."""
+        return spec
+
     def run(self, spec: dict, inputs: dict[str, Path], out: Path) -> None:
         raise NotImplementedError
 
@@ -448,6 +453,55 @@ def _pca_model():
     return PCAStep
 
 
+def run_of(steps: dict, reps: str) -> str:
+    """The train step whose checkpoint a reps step reads."""
+    return steps[reps].spec["run"]
+
+
+def trained_on(steps: dict, run: str) -> list[str]:
+    """The tasks of a run's training rows, in the paper's order (from the data's specs)."""
+    from ..tasks import task_names
+
+    tasks = data_tasks(steps, steps[run].spec["data"])
+    return [t for t in task_names() if t in tasks]
+
+
+def _convergence_model():
+    from ..analysis.cka import ConvergenceSpec
+
+    class ConvergenceStep(ConvergenceSpec):
+        reps: list[str | LabelledReps] = pydantic.Field(min_length=2)
+        # filled in from the study graph: what each model was trained on, and its seed
+        models: dict[str, dict] = pydantic.Field(default_factory=dict)
+
+    return ConvergenceStep
+
+
+@register_kind
+class ConvergenceKind(CKAKind):
+    """CKA of models that share no training task, by task count (paper Fig. 3d). Each
+    model's tasks and seed come from its run's data and spec."""
+
+    name = "convergence"
+    Spec = _Lazy(_convergence_model)
+    OWN = ("reps", "models")
+
+    def resolve(self, spec, steps):
+        models = {}
+        for item in spec["reps"]:
+            run = run_of(steps, item["reps"])
+            models[item["label"]] = {"tasks": trained_on(steps, run),
+                                     "seed": str(steps[run].spec["seed"])}
+        return {**spec, "models": models}
+
+    def run(self, spec, inputs, out):
+        from ..analysis.cka import ConvergenceSpec, Model, cka_by_tasks
+
+        models = {k: Model(tuple(v["tasks"]), v["seed"]) for k, v in spec["models"].items()}
+        cka_by_tasks(_reps_inputs(spec, inputs), models,
+                     _analysis_spec(ConvergenceSpec, spec, self.OWN), out)
+
+
 @register_kind
 class PCAKind(StepKind):
     name = "pca"
@@ -505,18 +559,22 @@ class AtlantisKind(CKAKind):
 
 
 class LabelledRun(Strict):
-    label: str
+    label: str  # e.g. angle, or distance+angle (the tasks fine-tuned on, joined by '+')
     run: str  # a train step whose evaluations are read
+    seed: str | None = None  # filled in from the run's spec
 
 
 def _ni_model():
     from ..analysis.improvement import NISpec
 
     class NIStep(NISpec):
-        base: str  # the train step fine-tuned from (its evaluations are the baselines)
+        # the train step(s) fine-tuned from (their evaluations are the baselines); several
+        # bases are told apart by their seeds, and each fine-tune is matched to its seed's
+        base: str | list[str]
         world_data: list[str] = pydantic.Field(min_length=1)  # world test sets, one per task
         atlantis_data: list[str] = pydantic.Field(min_length=1)  # Atlantis test sets
         finetuned: list[LabelledRun] = pydantic.Field(min_length=1)
+        base_seeds: dict[str, str] = pydantic.Field(default_factory=dict)  # filled in
 
     return NIStep
 
@@ -528,19 +586,45 @@ def eval_name(run: str, data: str) -> str:
 
 @register_kind
 class NIKind(StepKind):
+    """Normalised improvement of fine-tunes over their base: with several bases (seeds),
+    seed-mean matrices and one panel per seed."""
+
     name = "ni"
     section = "analyses"
     Spec = _Lazy(_ni_model)
     code = ("worldrep.analysis.improvement",)
-    OWN = ("base", "world_data", "atlantis_data", "finetuned")
+    OWN = ("base", "world_data", "atlantis_data", "finetuned", "base_seeds")
+
+    def prepare(self, body):
+        if isinstance(body.get("base"), list) and len(body["base"]) == 1:
+            body["base"] = body["base"][0]
+        return body
+
+    @staticmethod
+    def bases(spec) -> list[str]:
+        return [spec["base"]] if isinstance(spec["base"], str) else list(spec["base"])
 
     def refs(self, spec):
-        refs = [Ref(f"base evaluated on {d}", eval_name(spec["base"], d), ("eval",))
-                for d in spec["world_data"] + spec["atlantis_data"]]
+        refs = [Ref(f"base '{b}' evaluated on {d}", eval_name(b, d), ("eval",))
+                for b in self.bases(spec) for d in spec["world_data"] + spec["atlantis_data"]]
         for item in spec["finetuned"]:
             refs += [Ref(f"finetuned '{item['label']}' evaluated on {d}",
                          eval_name(item["run"], d), ("eval",)) for d in spec["atlantis_data"]]
         return refs
+
+    def resolve(self, spec, steps):
+        seeds = {b: str(steps[b].spec["seed"]) for b in self.bases(spec)}
+        if len(set(seeds.values())) != len(seeds):
+            raise WorldrepError(f"'base': {', '.join(seeds)} share a seed; several bases must "
+                                "be one per seed")
+        finetuned = []
+        for item in spec["finetuned"]:
+            seed = str(steps[item["run"]].spec["seed"])
+            if len(seeds) > 1 and seed not in seeds.values():
+                raise WorldrepError(f"'finetuned': '{item['run']}' has seed {seed}, which no "
+                                    f"base has (bases: {seeds})")
+            finetuned.append({**item, "seed": seed})
+        return {**spec, "finetuned": finetuned, "base_seeds": seeds}
 
     def run(self, spec, inputs, out):
         from ..analysis.improvement import NISpec, ni_matrix
@@ -551,11 +635,23 @@ class NIKind(StepKind):
                 summary.update(eval_summary(inputs[eval_name(run, d)]))
             return summary
 
-        finetuned = {item["label"]: merged(item["run"], spec["atlantis_data"])
+        ni = _analysis_spec(NISpec, spec, self.OWN)
+        several = len(spec["base_seeds"]) > 1
+        sep = ni.seed_separator
+
+        def label(item) -> str:
+            return f"{item['label']}{sep}{item['seed']}" if several else item["label"]
+
+        finetuned = {label(item): merged(item["run"], spec["atlantis_data"])
                      for item in spec["finetuned"]}
-        ni_matrix(finetuned, merged(spec["base"], spec["world_data"]),
-                  merged(spec["base"], spec["atlantis_data"]),
-                  _analysis_spec(NISpec, spec, self.OWN), out)
+        if several:
+            world = {seed: merged(b, spec["world_data"]) for b, seed in spec["base_seeds"].items()}
+            atlantis = {seed: merged(b, spec["atlantis_data"])
+                        for b, seed in spec["base_seeds"].items()}
+        else:
+            (base,) = self.bases(spec)
+            world, atlantis = merged(base, spec["world_data"]), merged(base, spec["atlantis_data"])
+        ni_matrix(finetuned, world, atlantis, ni, out)
 
 
 def eval_summary(path: Path, checkpoint: str = "final") -> dict:

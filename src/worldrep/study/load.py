@@ -319,6 +319,7 @@ class _Builder:
         ordered = self.topological()
         for step in ordered:
             try:
+                step.spec = get_kind(step.kind).resolve(step.spec, self.steps)
                 get_kind(step.kind).check(step.spec, self.steps)
             except WorldrepError as err:
                 raise self.fail(f"step '{step.name}' ({step.origin})", str(err)) from None
