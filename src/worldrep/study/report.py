@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .cache import StepState, study_states
+from .findings import FINDINGS_FILE, describe_band, evaluate, write_findings
 from .kinds import eval_summary
 from .load import Step, Study
 
@@ -42,16 +43,23 @@ iframe{width:100%;height:620px;border:1px solid #ddd}
 
 
 def write_report(study: Study, out: Path, path: Path | None = None) -> Path:
+    """OUT/report.html, and findings.json beside it."""
     out = Path(out)
     path = Path(path) if path else out / "report.html"
     states = study_states(study, out)
     dirs = {name: study.step_dir(out, name) for name in study.steps}
+    records = evaluate(study, out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_findings(records, path.with_name(FINDINGS_FILE))
     sections = [
         _overview(study, out, states),
+        _findings(records),
+        _paper(records),
         _training(study, dirs, states),
         _task_metrics(study, dirs, states),
         _probes(study, dirs, states),
         _figures_of(study, dirs, states, "cka", "Representational similarity (CKA)"),
+        _figures_of(study, dirs, states, "convergence", "Convergence: CKA by number of tasks"),
         _atlantis(study, dirs, states),
         _figures_of(study, dirs, states, "ni", "Normalised improvement"),
         _pca(study, dirs, states),
@@ -129,6 +137,75 @@ def headlines(study: Study, out: Path) -> list[str]:
     return [f"best world map: {best['label']} (layers {best['layers']}): held-out probe R² "
             f"x {best['x_test_r2']:.2f}, y {best['y_test_r2']:.2f}, mean error "
             f"{best['test_mean_error']:.0f} (0.1° units)"]
+
+
+# -- findings ---------------------------------------------------------------------------------
+def _fmt(value) -> str:
+    if value is None:
+        return "not measured"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int | float):
+        return "NaN" if value != value else f"{value:.3g}"
+    if isinstance(value, dict):
+        if value and all(isinstance(v, dict) for v in value.values()):
+            return f"{len(value)} × {len(next(iter(value.values())))} table (below)"
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _verdict(ok) -> str:
+    return {True: "<td class='done'>pass</td>", False: "<td class='failed'>not shown</td>",
+            None: "<td class='muted'>—</td>"}[ok]
+
+
+def _findings(records: list[dict]) -> str:
+    """The first section: each finding, our value, the paper's, the band, pass or not."""
+    if not records:
+        return ""
+    rows = []
+    for r in records:
+        band = describe_band(r["band"])
+        if r["paper_band"] is not None and r["paper_band"] != r["band"]:
+            band += f" (paper's band: {describe_band(r['paper_band'])})"
+        note = r["details"].get("not measured", "")
+        rows.append(f"<tr><td><b>{_e(r['id'])}</b><br><span class='muted'>{_e(r['claim'])}"
+                    f"</span></td><td class='num'>{_e(_fmt(r['value']))}"
+                    f"{'<br><span class=muted>' + _e(note) + '</span>' if note else ''}</td>"
+                    f"<td>{_e(_fmt(r['paper']))}</td><td>{_e(band)}</td>"
+                    f"{_verdict(r['pass'])}</tr>")
+    table = ("<table><tr><th>finding</th><th>this study</th><th>paper</th><th>band</th>"
+             "<th>pass</th></tr>" + "".join(rows) + "</table>")
+    return _section("Findings", table, "computed from this study's artifacts "
+                                       f"({FINDINGS_FILE}); a finding that does not show is "
+                                       "reported as not shown")
+
+
+def _paper(records: list[dict]) -> str:
+    """Tables the paper reports, ours beside theirs, cell by cell."""
+    body = ""
+    for r in records:
+        ours, theirs = r["value"], r["paper"]
+        if not (isinstance(ours, dict) and ours and all(isinstance(v, dict) for v in
+                                                        ours.values())):
+            continue
+        rows = list(ours) + [k for k in (theirs or {}) if k not in ours]
+        cols = list(dict.fromkeys(c for row in ours.values() for c in row))
+        head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+        lines = []
+        for row in rows:
+            cells = []
+            for c in cols:
+                a = (ours.get(row) or {}).get(c)
+                b = ((theirs or {}).get(row) or {}).get(c) if isinstance(theirs, dict) else None
+                text = _fmt(a) if a is not None else "–"
+                if b is not None:
+                    text += f" <span class='muted'>({_fmt(b)})</span>"
+                cells.append(f"<td class='num'>{text}</td>")
+            lines.append(f"<tr><th>{_e(row)}</th>{''.join(cells)}</tr>")
+        body += (f"<h3>{_e(r['id'])}</h3><p class='muted'>{_e(r['claim'])}</p>"
+                 f"<table><tr><th></th>{head}</tr>{''.join(lines)}</table>")
+    return _section("The paper beside us", body, "each cell: this study (the paper's value)")
 
 
 # -- sections ---------------------------------------------------------------------------------
@@ -293,7 +370,7 @@ def _pca(study: Study, dirs, states) -> str:
 
 def _other_kinds(study: Study, dirs, states) -> str:
     known = {"world", "dataset", "mixture", "train", "eval", "reps", "probe", "cka", "atlantis",
-             "ni", "pca"}
+             "ni", "pca", "convergence"}
     figs = []
     for step in study.steps.values():
         if step.kind not in known and states[step.name].state == "done":
