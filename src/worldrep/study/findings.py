@@ -84,8 +84,10 @@ def _probe_rows(ctx: Context, steps, labels, layers) -> pd.DataFrame:
     table["model"] = table["label"].astype(str).str.split("/").str[0]
     if layers is not None:
         table = table[table["layers"].astype(str) == str(layers)]
-    if labels is not None:
-        table = table[table["model"].isin(_list(labels)) | table["label"].isin(_list(labels))]
+    if labels is not None:  # a label names a model, or a configuration of several seeds
+        config = table["model"].str.split("@").str[0]
+        wanted = _list(labels)
+        table = table[table["model"].isin(wanted) | config.isin(wanted)]
     if table.empty:
         raise NotMeasured(f"no probe row for labels {labels} (layers {layers})")
     return table
@@ -201,20 +203,21 @@ def _ni_long(ctx: Context, step) -> pd.DataFrame:
 
 
 @measure
-def ni_transfer(ctx: Context, step, giver, vs, on=None):
-    """Mean NI of the `giver` fine-tune on the other tasks' Atlantis queries (those in `on`,
-    default all but its own), beside the `vs` fine-tune's on the tasks other than its own."""
+def ni_transfer(ctx: Context, step, giver, vs, giver_on=None, vs_on=None):
+    """Mean NI (over seeds and tasks) of the `giver` fine-tune on other tasks' Atlantis
+    queries (`giver_on`, default every task but its own), beside the `vs` fine-tune's
+    (`vs_on`). Paper: distance -> {trianglearea, angle} <= 0.1, angle -> others >= 0.6."""
     long = _ni_long(ctx, step)
 
-    def mean_on(config: str) -> float:
+    def mean_on(config: str, on) -> float:
         rows = long[(long["config"] == config) & (long["task"] != config)]
         if on is not None:
             rows = rows[rows["task"].isin(_list(on))]
-        if rows.empty:
-            raise NotMeasured(f"no NI rows of the '{config}' fine-tune")
+        if rows.empty or rows["ni"].isna().all():
+            raise NotMeasured(f"no conditioned NI rows of the '{config}' fine-tune")
         return float(rows["ni"].mean())  # ill-conditioned cells are NaN: left out
 
-    return {giver: mean_on(giver), vs: mean_on(vs)}, {
+    return {giver: mean_on(giver, giver_on), vs: mean_on(vs, vs_on)}, {
         "ill_conditioned_tasks": sorted(set(long[~long["conditioned"]]["task"]))}
 
 
@@ -245,6 +248,29 @@ def deviation_by_distance(ctx: Context, step, task="distance"):
     value = {f"with {task}": float(dev[has]["deviation"].mean()),
              f"without {task}": float(dev[~has]["deviation"].mean())}
     return value, {"n": {f"with {task}": int(has.sum()), f"without {task}": int((~has).sum())}}
+
+
+@measure
+def cka_predicts_transfer(ctx: Context, cka, ni, layer=5, exclude=("crossing",)):
+    """R² of a line through (CKA(X, Y) of single-task models, NI on Y after fine-tuning on X)
+    over ordered pairs X != Y (paper Fig. 5b: 0.188, p = 0.017)."""
+    import numpy as np
+    from scipy.stats import linregress
+
+    m = _cka(ctx, cka, layer)
+    long = _ni_long(ctx, ni)
+    table = long.groupby(["config", "task"])["ni"].mean()
+    xs, ys = [], []
+    for (config, task), value in table.items():
+        if (config != task and config in m.index and task in m.columns
+                and config not in exclude and task not in exclude and np.isfinite(value)):
+            xs.append(float(m.loc[config, task]))
+            ys.append(float(value))
+    if len(xs) < 3:
+        raise NotMeasured(f"{len(xs)} (CKA, NI) pairs: too few for a fit")
+    fit = linregress(xs, ys)
+    return float(fit.rvalue ** 2), {"n": len(xs), "p": float(fit.pvalue),
+                                    "slope": float(fit.slope)}
 
 
 @measure
@@ -321,6 +347,19 @@ def describe_band(band) -> str:
     return "; ".join(f"{k} {describe_band(b)}" for k, b in band.items())
 
 
+def _resolve_refs(paper):
+    """'ref: KEY' (anywhere in a finding's `paper`) stands for the paper's number KEY."""
+    if isinstance(paper, str) and paper.startswith("ref:"):
+        key = paper[4:].strip()
+        if key not in paper_numbers():
+            raise WorldrepError(f"no paper number '{key}'; known: "
+                                + ", ".join(k for k in paper_numbers() if not k.startswith("_")))
+        return paper_numbers()[key]
+    if isinstance(paper, dict):
+        return {k: _resolve_refs(v) for k, v in paper.items()}
+    return paper
+
+
 def evaluate(study: Study, out: Path) -> list[dict]:
     ctx = Context(study, Path(out))
     records = []
@@ -330,9 +369,7 @@ def evaluate(study: Study, out: Path) -> list[dict]:
         if missing or spec["measure"] not in MEASURES:
             raise WorldrepError(f"{study.path}: finding {spec.get('id', '?')}: needs 'id' and "
                                 f"a 'measure' among {', '.join(sorted(MEASURES))}")
-        paper = spec.get("paper")
-        if isinstance(paper, str) and paper.startswith("ref:"):
-            paper = paper_numbers()[paper[4:].strip()]
+        paper = _resolve_refs(spec.get("paper"))
         paper_band = spec.get("paper_band")
         band = spec.get("band", paper_band)
         record = {"id": spec["id"], "claim": spec.get("claim", ""), "value": None,

@@ -23,8 +23,75 @@ def format_plan(study: Study, executor: str = "local") -> str:
         from .units import format_packs
 
         lines.append(format_packs(study))
+    lines.append(format_sets(study))
     if executor == "slurm":
         lines.append(format_jobs(study))
+    return "\n".join(lines)
+
+
+# Model-steps per second on one H100/H200 for K packed reference-size runs. worldrep's own
+# GPU figures are not measured yet (no GPU was lent); these are what a minimal stacked
+# implementation measured there (issue 9), and the targets worldrep's GPU check holds.
+GPU_RATE = {1: 818.0, 7: 1844.0, 42: 2052.0}
+REFERENCE_PARAMS = 1_601_920
+
+
+def gpu_rate(k: int, params: int) -> float:
+    """Model-steps/s for a pack of k runs of `params` parameters (log-interpolated in k;
+    slower in proportion for models larger than the reference)."""
+    import math
+
+    ks = sorted(GPU_RATE)
+    k = min(max(k, ks[0]), ks[-1])
+    lo = max(x for x in ks if x <= k)
+    hi = min(x for x in ks if x >= k)
+    t = 0.0 if hi == lo else (math.log(k) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    rate = GPU_RATE[lo] * (GPU_RATE[hi] / GPU_RATE[lo]) ** t
+    return rate * min(1.0, REFERENCE_PARAMS / params)
+
+
+def experiment_sets(study: Study) -> list[dict]:
+    """Per declaration of training runs: how many models, their steps, and GPU time."""
+    from .units import _arch, plan_packs, run_steps
+
+    pack_of = {}
+    if study.pack == "auto":
+        for _, names in plan_packs(study):
+            for n in names:
+                pack_of[n] = len(names)
+    sets: dict[str, dict] = {}
+    for step in study.steps.values():
+        if step.kind != "train":
+            continue
+        steps = run_steps(study, step.name)
+        arch = dict(_arch(study, step.name))
+        from ..model import ModelSpec
+
+        params = ModelSpec(preset=None, **{k: arch[k] for k in
+                                           ("hidden", "layers", "heads", "kv_heads",
+                                            "intermediate")}).n_params
+        entry = sets.setdefault(step.group, {"set": step.group, "models": 0,
+                                             "model_steps": 0, "gpu_s": 0.0})
+        entry["models"] += 1
+        entry["model_steps"] += steps or 0
+        entry["gpu_s"] += (steps or 0) / gpu_rate(pack_of.get(step.name, 1), params)
+    return list(sets.values())
+
+
+def format_sets(study: Study) -> str:
+    sets = experiment_sets(study)
+    if not sets:
+        return "no training runs"
+    width = max(len(s["set"]) for s in sets)
+    lines = [f"training runs by experiment set (GPU-hours: one H100/H200 at the packed rates "
+             f"{', '.join(f'K={k}: {v:,.0f}' for k, v in GPU_RATE.items())} model-steps/s; "
+             "not yet measured by worldrep; evaluation and representations not counted):"]
+    for s in sets:
+        lines.append(f"  {s['set']:<{width}}  {s['models']:>4} models  "
+                     f"{s['model_steps']:>13,} model-steps  {s['gpu_s'] / 3600:>7.2f} GPU-h")
+    total = {k: sum(s[k] for s in sets) for k in ("models", "model_steps", "gpu_s")}
+    lines.append(f"  {'all':<{width}}  {total['models']:>4} models  "
+                 f"{total['model_steps']:>13,} model-steps  {total['gpu_s'] / 3600:>7.2f} GPU-h")
     return "\n".join(lines)
 
 

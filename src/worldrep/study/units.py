@@ -114,6 +114,12 @@ def pack_key(study, name: str, built: dict[str, str] | None = None) -> PackKey:
                    (tuple(opt.get("betas", (0.9, 0.999))), opt.get("eps", 1e-8)))
 
 
+def run_steps(study, name: str, built: dict[str, str] | None = None) -> int | None:
+    """A train step's total steps (`steps`, or epochs x ceil(rows / batch)); None if unknown."""
+    key = pack_key(study, name, built)
+    return key.length[1] if key.length[0] == "steps" else None
+
+
 def split_evenly(items: list, limit: int) -> list[list]:
     """At most `limit` per part, parts as equal as possible (42 by 20: 14, 14, 14)."""
     parts = max(1, math.ceil(len(items) / limit))
