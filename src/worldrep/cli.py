@@ -182,13 +182,15 @@ def analyze_reps(
 
     spec = load_config(R.RepSpec, config, task=task, layers=layer or None,
                        positions=position or None, cities=cities, min_id=min_id, device=device)
-    if R.is_checkpoint(source):
+    from .model import select_checkpoints
+
+    if (source / "config.json").is_file():  # a checkpoint directory itself
         R.extract_representations(source, world, spec, out)
     elif checkpoint == "all" or "," in checkpoint:
         done = R.extract_run(source, world, spec, out, checkpoint)
         typer.echo(f"{len(done)} checkpoints")
     else:
-        R.extract_representations(R.resolve_checkpoint(source, checkpoint), world, spec, out)
+        R.extract_representations(select_checkpoints(source, checkpoint)[0], world, spec, out)
     typer.echo(f"representations written to {out}")
 
 

@@ -321,12 +321,8 @@ class RepsKind(StepKind):
         return [Ref("run", spec["run"], ("train",)), Ref("world", spec["world"], ("world",))]
 
     def run(self, spec, inputs, out):
-        from ..analysis.reps import (
-            RepSpec,
-            extract_representations,
-            extract_run,
-            resolve_checkpoint,
-        )
+        from ..analysis.reps import RepSpec, extract_representations, extract_run
+        from ..model import select_checkpoints
 
         rep = _analysis_spec(RepSpec, spec, self.OWN)
         run_dir, world = inputs[spec["run"]], inputs[spec["world"]]
@@ -334,7 +330,7 @@ class RepsKind(StepKind):
         if which == "all" or "," in which:
             extract_run(run_dir, world, rep, out, checkpoints=which)
         else:
-            extract_representations(resolve_checkpoint(run_dir, which), world, rep, out)
+            extract_representations(select_checkpoints(run_dir, which)[0], world, rep, out)
 
 
 def _probe_model():
