@@ -211,11 +211,22 @@ class MixtureKind(StepKind):
         make_mixture(mix, out)
 
 
-def split_rows(steps: dict, name: str) -> dict[str, int] | None:
-    """Rows per split of a dataset or mixture step, from the specs alone."""
+def split_rows(steps: dict, name: str, built: dict[str, str] | None = None
+               ) -> dict[str, int] | None:
+    """Rows per split of a dataset or mixture step: from its finished directory when `built`
+    names one, else from the specs; None when neither tells. (The one row count of the engine:
+    mixture checks and the pack planner ask it.)"""
+    from .. import artifacts
     from ..mixing import MixSource, _split_sizes
 
-    step = steps[name]
+    path = (built or {}).get(name)
+    if path and artifacts.is_complete(path):
+        from ..data import dataset_meta
+
+        return dict(dataset_meta(path)["sizes"])
+    step = steps.get(name)
+    if step is None:
+        return None
     if step.kind == "dataset":
         return {"train": step.spec["n_train"], "validation": step.spec["n_val"],
                 "test": step.spec["n_test"]}
@@ -223,7 +234,7 @@ def split_rows(steps: dict, name: str) -> dict[str, int] | None:
         return None
     total = {"train": 0, "validation": 0, "test": 0}
     for src in step.spec["sources"]:
-        sizes = split_rows(steps, src["data"])
+        sizes = split_rows(steps, src["data"], built)
         if sizes is None:
             return None
         fields = {k: src[k] for k in ("n", "n_val", "n_test")}

@@ -77,7 +77,7 @@ def run_packed_unit(unit: list) -> list:
     its directory as for a single step."""
     import time
 
-    from ..packing import PackError, train_packed
+    from ..train import PackError, train_packed
 
     start = time.time()
     todo = []
