@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -10,11 +11,12 @@ from worldrep.study import load_study
 from worldrep.study.grid import task_name
 
 TASKS = range(1, 8)
+PAPER = Path(__file__).resolve().parents[1] / "studies" / "paper.yaml"
 
 
 @pytest.fixture(scope="module")
 def paper():
-    return load_study("studies/paper.yaml")
+    return load_study(PAPER)
 
 
 def runs(study, prefix: str) -> dict:
@@ -99,7 +101,7 @@ def test_ftwb_runs_fine_tune_the_7_task_model_with_atlantis(paper):
 
 
 def test_scale_shrinks_data_and_steps_not_the_graph(paper):
-    small = load_study("studies/paper.yaml", scale=1000)
+    small = load_study(PAPER, scale=1000)
     assert list(small.steps) == list(paper.steps)
     assert small.steps["world-1"].spec["n_train"] == 1000
     assert [n for _, n in sources(small, small.steps["pft1-2"])] == [20, 100]

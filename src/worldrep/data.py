@@ -8,7 +8,6 @@ Tasks with balanced labels get exactly their target share of each label in every
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -263,13 +262,3 @@ def dataset_world(path: str | Path) -> World:
     if not world:
         raise WorldrepError(f"dataset {path} does not record its world")
     return load_world(world)
-
-
-def tokenized(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids [n, L] uint8 with <bos>/<eos>, lengths, prompt lengths) for training."""
-    ids, lengths = tokenizer.encode(frame["text"].to_numpy())
-    return ids, lengths, frame["prompt_len"].to_numpy(np.int64)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)

@@ -8,7 +8,6 @@ for the sum of its requests, so no row is duplicated. Each row keeps a `source` 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Literal
@@ -122,7 +121,3 @@ def make_mixture(spec: MixSpec, out: str | Path) -> Path:
     full_spec = {"mixture": spec.model_dump(mode="json"),
                  "inputs": {s.path: artifacts.read_manifest(s.path)["hash"] for s in spec.sources}}
     return write_dataset(out, tables, full_spec, meta, kind="mixture")
-
-
-def mixture_sources(path: str | Path) -> list[dict]:
-    return json.loads((Path(path) / "meta.json").read_text()).get("sources", [])

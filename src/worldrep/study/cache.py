@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import artifacts
-from .load import Step, Study
+from .load import Study
 
 STATES = ("done", "running", "failed", "pending", "blocked")
 
@@ -175,8 +175,3 @@ def format_status(study: Study, out: Path, states: dict[str, StepState]) -> str:
             note = f"  pid {st.info.get('pid')} on {st.info.get('host')}, {since:.0f}s"
         lines.append(f"  {st.state:<8} {step.kind:<8} {step.name:<{width}}{note}")
     return "\n".join(lines)
-
-
-def step_record(step: Step, path: Path) -> dict:
-    return {"name": step.name, "kind": step.kind, "hash": step.hash, "dir": str(path),
-            "deps": step.deps, "origin": step.origin}

@@ -83,10 +83,6 @@ def get_kind(name: str) -> StepKind:
     return KINDS[name]
 
 
-def kinds_of_section(section: str) -> list[str]:
-    return sorted(k.name for k in KINDS.values() if k.section == section)
-
-
 # -- scaling helpers --------------------------------------------------------------------------
 def scale_up(n: int | None, s: float) -> int | None:
     """Dataset sizes round up, so that a mixture drawing floor(n/s) rows always finds them."""
