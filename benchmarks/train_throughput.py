@@ -6,8 +6,9 @@ Contenders (reference model: hidden 128, 6 layers, 4 heads, MLP 512; batch 128; 
              schedule, clipping 1.0 (fp16 AMP on CUDA, as the reference). Needs `accelerate`.
   hf-bare    the HF Qwen2ForCausalLM module in a minimal loop over pre-tokenised batches
              (fused torch AdamW, clipping, the same schedule).
-  worldrep   worldrep.train's loop: Batcher + Stepper + AdamW exactly as `worldrep train` runs
-             them (on CUDA: bf16 autocast, torch.compile, one CUDA graph per batch shape).
+  worldrep   worldrep.train's loop: Batcher + Step + AdamW exactly as `worldrep train` runs
+             them, a pack of one (on CUDA: bf16 autocast, torch.compile, one CUDA graph per
+             batch shape).
   worldrep-eager  (CUDA only) the same loop without compile and graphs.
   worldrep-fp32   (CPU) the same loop in fp32; plain `worldrep` uses precision auto, i.e. bf16
              autocast on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere.
@@ -20,8 +21,8 @@ so that background load hits them alike, and the median round is reported.
 
 Packing (`--pack 1,7`; on CUDA the default K list is 1,7,42): K independent runs of the
 reference model, each with its own rows (a permutation of the data), seed and learning rate,
-trained as one pack (worldrep.packing: PackBatcher + stacked Stepper + per-model AdamW)
-against the same K runs trained one after another with worldrep's single-run loop. Both are
+trained as one pack (worldrep.train: the K-run Batcher, a stacked Step, per-model AdamW)
+against the same K runs trained one after another, each as a pack of one. Both are
 reported in model-steps/s. On CPU the two are timed step by step in alternation (medians), so a
 shared machine's changing load hits both alike; on CUDA in blocks of timed steps.
 
@@ -108,7 +109,7 @@ def _timed(step, warmup: int, steps: int, device) -> float:
 
 def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
                  precision="auto") -> float:
-    from worldrep.train import AdamW, Batcher, Rows, Runtime, Stepper, TrainSpec
+    from worldrep.train import AdamW, Batcher, Rows, Runtime, Step, TrainSpec
 
     options = {"compile": False, "cuda_graphs": False} if eager else {}
     spec = TrainSpec(data="-", device=str(device), precision=precision, **options)
@@ -119,13 +120,13 @@ def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
     total = warmup + steps
     opt = AdamW(model, 3e-4, total, o.warmup_steps, o.weight_decay, o.betas, o.eps,
                 o.grad_clip)
-    batcher = Batcher(rows, BATCH, spec.seed, rt.pad_multiple, static=rt.graphs)
-    stepper = Stepper(model, opt, rt)
+    batcher = Batcher([rows], BATCH, [spec.seed], rt.pad_multiple)
+    stepper = Step(model, opt, rt, [False])
     state = {"step": 0}
 
     def step():
         ids, plen, _ = batcher.get(state["step"])
-        stepper(ids[None], plen[None])
+        stepper(ids, plen)
         state["step"] += 1
 
     for _ in range(warmup):
@@ -135,15 +136,14 @@ def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
     if len(stepper.graphs) > shapes:
         print(f"  (note: {len(stepper.graphs) - shapes} new batch shape(s) were compiled and "
               "captured inside the timed steps; raise --warmup)")
-    loss, _, _ = stepper.flush()
-    assert np.isfinite(loss).all()
+    assert np.isfinite(stepper.flush()).all()
     return rate
 
 
-def _hf_model(device):
+def _hf_model(device, spec: ModelSpec | None = None):
     from transformers import Qwen2ForCausalLM
 
-    spec = ModelSpec()
+    spec = spec or ModelSpec()
     model = Qwen2ForCausalLM(hf_config(spec))
     model.load_state_dict(to_hf_state_dict(init_model(spec, 42)))
     return model.to(device).train()
@@ -160,18 +160,19 @@ def _hf_optimizer(model, total):
     return opt, sched
 
 
-def run_hf_bare(texts, prompt_len, device, warmup, steps) -> float:
+def run_hf_bare(texts, prompt_len, device, warmup, steps, spec: ModelSpec | None = None,
+                batch: int = BATCH) -> float:
     from worldrep.train import Batcher, Rows
 
     rows = Rows.from_texts(texts, prompt_len, device)
-    batcher = Batcher(rows, BATCH, 42)
-    model = _hf_model(device)
+    batcher = Batcher([rows], batch, [42])
+    model = _hf_model(device, spec)
     opt, sched = _hf_optimizer(model, warmup + steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     state = {"step": 0}
 
     def step():
-        ids, _, _ = batcher.get(state["step"])
+        ids = batcher.get(state["step"])[0][0]
         mask = ids != tokenizer.PAD
         with autocast:
             loss = model(input_ids=ids, attention_mask=mask.long(),
@@ -243,23 +244,27 @@ def _pack_data(texts, prompt_len, k: int):
     return [(np.asarray(texts)[p], np.asarray(prompt_len)[p]) for p in perms]
 
 
-def _packed_step(texts, prompt_len, device, k: int, total: int, stack: int | None = None):
+def _packed_step(texts, prompt_len, device, k: int, total: int, stack: int | None = None,
+                 seeds: list[int] | None = None):
     """One step of K runs trained as one pack (own rows, seeds and learning rates), stacked
     as train_packed stacks them (models_per_stack: all on CUDA, one at a time on CPU)."""
-    from worldrep.packing import PackBatcher, models_per_stack
-    from worldrep.train import AdamW, Rows, Runtime, Stepper, TrainSpec
+    from worldrep.train import AdamW, Batcher, Rows, Runtime, Step, TrainSpec, models_per_stack
 
     rt = Runtime.of(TrainSpec(data="-", device=str(device)))
     spec = ModelSpec()
-    rows = [Rows.from_texts(t, p, rt.device) for t, p in _pack_data(texts, prompt_len, k)]
+    if seeds is None:
+        rows = [Rows.from_texts(t, p, rt.device) for t, p in _pack_data(texts, prompt_len, k)]
+        seeds = list(range(42, 42 + k))
+    else:
+        rows = [Rows.from_texts(texts, prompt_len, rt.device)]
     per = min(k, stack) if stack else models_per_stack(k, rt.device)
     stacks = []
     for first in range(0, k, per):
-        seeds = list(range(42 + first, 42 + min(k, first + per)))
-        model = init_model(spec, seeds, device=rt.device)
-        opt = AdamW(model, [3e-4 * (1 + 0.1 * s) for s in seeds], total, 50, 0.01)
-        batcher = PackBatcher(rows[first:first + per], BATCH, seeds, rt.pad_multiple)
-        stacks.append((batcher, Stepper(model, opt, rt)))
+        part = seeds[first:first + per]
+        model = init_model(spec, part, device=rt.device)
+        opt = AdamW(model, [3e-4 * (1 + 0.1 * (s - 42)) for s in part], total, 50, 0.01)
+        batcher = Batcher(rows[first:first + per], BATCH, part, rt.pad_multiple)
+        stacks.append((batcher, Step(model, opt, rt, [False] * len(part))))
     state = {"step": 0}
 
     def step():
@@ -272,22 +277,8 @@ def _packed_step(texts, prompt_len, device, k: int, total: int, stack: int | Non
 
 
 def _single_step(texts, prompt_len, device, seed: int, total: int):
-    """One step of a single run in worldrep's single-run loop (Batcher, K=1 Stepper)."""
-    from worldrep.train import AdamW, Batcher, Rows, Runtime, Stepper, TrainSpec
-
-    rt = Runtime.of(TrainSpec(data="-", device=str(device)))
-    model = init_model(ModelSpec(), seed, device=rt.device)
-    opt = AdamW(model, 3e-4, total, 50, 0.01)
-    batcher = Batcher(Rows.from_texts(texts, prompt_len, rt.device), BATCH, seed,
-                      rt.pad_multiple, static=rt.graphs)
-    stepper = Stepper(model, opt, rt)
-    state = {"step": 0}
-
-    def step():
-        ids, plen, _ = batcher.get(state["step"])
-        stepper(ids[None], plen[None])
-        state["step"] += 1
-
+    """One step of a single run (a pack of one)."""
+    step, _, _ = _packed_step(texts, prompt_len, device, 1, total, seeds=[seed])
     return step
 
 
@@ -301,7 +292,7 @@ def run_packed(texts, prompt_len, device, warmup, steps, k: int, stack=None) -> 
     if sum(len(s.graphs) for s in steppers) > shapes:
         print("  (note: new batch shapes were compiled and captured inside the timed steps; "
               "raise --warmup)")
-    assert all(np.isfinite(s.flush()[0]).all() for s in steppers)
+    assert all(np.isfinite(s.flush()).all() for s in steppers)
     return k * rate
 
 
@@ -328,7 +319,7 @@ def run_interleaved(texts, prompt_len, device, warmup, steps, k: int,
             one()
         alone_s.append(time.perf_counter() - t1)
         pack_s.append(t1 - t0)
-    assert all(np.isfinite(s.flush()[0]).all() for s in steppers)
+    assert all(np.isfinite(s.flush()).all() for s in steppers)
     return k / statistics.median(pack_s), k / statistics.median(alone_s)
 
 

@@ -1,8 +1,10 @@
-"""Shared fixtures: one real world (GeoNames + Atlantis) built once per test session."""
+"""Shared fixtures: one real world (GeoNames + Atlantis) built once per test session, and one
+torch thread for the modules that train tiny models."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from worldrep.world import World, WorldConfig, load_world, make_world
 
@@ -17,3 +19,13 @@ def world_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def world(world_dir) -> World:
     return load_world(world_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not stall on a busy machine); a module
+    asks for it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -38,8 +38,10 @@ def test_analyze_reps_from_a_run(world_dir, tmp_path):
     assert r.exit_code == 0, r.output
     z = np.load(tmp_path / "one" / "reps.npz")
     assert z["layers"].tolist() == [1, 6] and z["vectors"].shape[1:] == (2, 2, 16)
-    spec = (tmp_path / "one" / "spec.yaml").read_text()
-    assert "checkpoints/final" in spec
+    # The newest checkpoint ('last', the default): named by content, its path kept for people.
+    manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert manifest["checkpoint"].endswith("checkpoints/final")
+    assert "checkpoint_hash" in (tmp_path / "one" / "spec.yaml").read_text()
     r = cli("analyze", "reps", run, "--world", world_dir, "--out", tmp_path / "all",
             "--checkpoint", "all", "--cities", "region:Korea")
     assert r.exit_code == 0, r.output

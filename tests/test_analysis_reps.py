@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,14 +15,13 @@ from worldrep.analysis.reps import (
     city_rows,
     extract_representations,
     extract_run,
-    find_checkpoints,
     load_reps,
     prompts,
     read_positions,
     reps_series,
-    resolve_checkpoint,
 )
 from worldrep.errors import WorldrepError
+from worldrep.model import list_checkpoints, select_checkpoints
 from worldrep.tasks import get_task
 from worldrep.tokenizer import build_hf_tokenizer, encode
 
@@ -34,22 +35,29 @@ def run_dir(tmp_path_factory):
     return run
 
 
-def test_find_checkpoints_orders_numerically_and_drops_duplicate_final(run_dir, tmp_path):
-    assert [n for n, _ in find_checkpoints(run_dir)] == ["checkpoint-900", "checkpoint-10000"]
+def names(paths) -> list[str]:
+    return [p.name for p in paths]
+
+
+def test_timeline_orders_numerically_and_drops_a_final_that_repeats_the_last_step(run_dir,
+                                                                                 tmp_path):
+    assert names(list_checkpoints(run_dir)) == ["checkpoint-900", "checkpoint-10000"]
+    assert names(select_checkpoints(run_dir, "final")) == ["final"]  # still there by name
     other = tmp_path / "run2" / "checkpoints"
     tiny_model(0).save_pretrained(other / "checkpoint-5")
     tiny_model(3).save_pretrained(other / "final")
-    assert [n for n, _ in find_checkpoints(other.parent)] == ["checkpoint-5", "final"]
-    assert resolve_checkpoint(other.parent, "last").name == "final"
+    assert names(list_checkpoints(other.parent)) == ["checkpoint-5", "final"]
+    assert names(select_checkpoints(other.parent, "last")) == ["final"]
     # The trainer records each checkpoint's step: a final at the last step is a duplicate.
     (other / "final" / "worldrep.json").write_text('{"step": 5}')
-    assert [n for n, _ in find_checkpoints(other.parent)] == ["checkpoint-5"]
+    assert names(list_checkpoints(other.parent)) == ["checkpoint-5"]
+    assert names(select_checkpoints(other.parent, "last")) == ["checkpoint-5"]
     (other / "final" / "worldrep.json").write_text('{"step": 6}')
-    assert [n for n, _ in find_checkpoints(other.parent)] == ["checkpoint-5", "final"]
+    assert names(list_checkpoints(other.parent)) == ["checkpoint-5", "final"]
     with pytest.raises(WorldrepError, match="no checkpoint 'checkpoint-7'"):
-        resolve_checkpoint(other.parent, "checkpoint-7")
-    with pytest.raises(WorldrepError, match="no checkpoints in"):
-        find_checkpoints(tmp_path)
+        select_checkpoints(other.parent, "checkpoint-7")
+    with pytest.raises(WorldrepError, match="holds no checkpoint"):
+        list_checkpoints(tmp_path)
 
 
 def test_prompts_and_positions_come_from_the_tokens():
@@ -104,10 +112,27 @@ def test_extraction_settings_and_errors(run_dir, world, tmp_path):
     with pytest.raises(WorldrepError, match=r"layers \[7\] do not exist"):
         extract_representations(ckpt, world, RepSpec(layers=[7]), tmp_path / "b")
     assert not (tmp_path / "b").exists()
-    with pytest.raises(WorldrepError, match="not an HF checkpoint"):
+    with pytest.raises(WorldrepError, match="no model checkpoint"):
         extract_representations(tmp_path, world, RepSpec(), tmp_path / "b")
     with pytest.raises(Exception, match="non-empty list without repeats"):
         RepSpec(layers=[5, 5])
+
+
+def test_representations_are_named_by_their_inputs_not_their_paths(run_dir, world_dir,
+                                                                    tmp_path):
+    import shutil
+
+    from worldrep import artifacts
+
+    spec = RepSpec(cities="region:Japan")
+    ckpt = run_dir / "checkpoints" / "checkpoint-900"
+    moved = Path(shutil.copytree(ckpt, tmp_path / "moved" / "ckpt"))
+    world2 = Path(shutil.copytree(world_dir, tmp_path / "moved" / "world"))
+    a = extract_representations(ckpt, world_dir, spec, tmp_path / "a")
+    b = extract_representations(moved, world2, spec, tmp_path / "b")
+    ma, mb = artifacts.read_manifest(a), artifacts.read_manifest(b)
+    assert ma["hash"] == mb["hash"] and mb["checkpoint"] == str(moved)
+    assert (a / "spec.yaml").read_text() == (b / "spec.yaml").read_text()
 
 
 def test_extract_run_writes_each_checkpoint_once(run_dir, world, tmp_path):
@@ -120,5 +145,5 @@ def test_extract_run_writes_each_checkpoint_once(run_dir, world, tmp_path):
     assert (done["checkpoint-900"] / "manifest.json").stat().st_mtime_ns == stamp
     a, b = (load_reps(p).vectors for p in done.values())
     assert not np.allclose(a, b)  # different weights, different vectors
-    with pytest.raises(WorldrepError, match="checkpoints \\['nope'\\] not in"):
+    with pytest.raises(WorldrepError, match="no checkpoint 'nope'"):
         extract_run(run_dir, world, spec, tmp_path / "x", checkpoints="nope")

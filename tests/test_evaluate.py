@@ -17,13 +17,8 @@ from worldrep import artifacts, evaluate, tokenizer
 from worldrep.cli import app
 from worldrep.data import DatasetSpec, load_split, make_dataset
 from worldrep.errors import WorldrepError
-from worldrep.evaluate import (
-    evaluate_frame,
-    evaluate_run,
-    greedy_generate,
-    select_checkpoints,
-    summarize,
-)
+from worldrep.evaluate import evaluate_frame, evaluate_run, greedy_generate, summarize
+from worldrep.model import StackedQwen2, from_hf, select_checkpoints
 from worldrep.tasks import get_task
 
 
@@ -82,15 +77,30 @@ def test_cache_decoder_equals_hf_generate_on_equal_length_prompts(kv_heads):
     assert (truth == tokenizer.EOS).any(), "the test should cover rows that stop early"
 
 
-def test_models_the_cache_loop_does_not_cover_decode_through_hf():
-    model = tiny_model(seed=2)
-    model.config.layer_types = ["sliding_attention"] * 2  # not reproduced by the cache loop
-    assert not evaluate._supports_cache_engine(model)
-    assert evaluate._supports_cache_engine(tiny_model(seed=2))
+def test_models_worldrep_cannot_represent_decode_through_hf():
+    full = tiny_model(seed=2)
+    config = Qwen2Config(**{**full.config.to_dict(), "use_sliding_window": True,
+                            "sliding_window": 6, "max_window_layers": 0, "layer_types": None})
+    model = Qwen2ForCausalLM(config).eval()  # sliding-window attention: not StackedQwen2's
+    model.load_state_dict(full.state_dict())
+    assert evaluate._compact(model) is None
+    assert isinstance(evaluate._compact(tiny_model(seed=2)), StackedQwen2)
     ids = distance_like_prompts(5, seed=4)
+    np.testing.assert_array_equal(greedy_generate(model, ids, 6), hf_greedy(model, list(ids), 6))
     model = tiny_model(seed=2)
     np.testing.assert_array_equal(greedy_generate(model, ids, 6, engine="hf"),
                                   hf_greedy(model, list(ids), 6))
+
+
+def test_the_compact_model_decodes_as_its_hf_twin():
+    """Training evaluates its own compact model; the result is HF generate's on the same
+    weights (and the 'hf' engine converts a compact model for HF generate)."""
+    hf = tiny_model(seed=4, kv_heads=2)
+    compact = from_hf(hf)
+    ids = distance_like_prompts(20, seed=5, first_cities=3)
+    truth = hf_greedy(hf, list(ids), 8)
+    np.testing.assert_array_equal(greedy_generate(compact, ids, 8, 8), truth)
+    np.testing.assert_array_equal(greedy_generate(compact, ids, 8, 8, engine="hf"), truth)
 
 
 def test_cache_decoder_equals_hf_generate_on_mixed_lengths():
@@ -194,6 +204,33 @@ def test_hand_written_outputs_are_scored_by_their_task(monkeypatch, world):
     assert np.isnan(parsed[4:]).all()  # invalid rows and categorical tasks parse to NaN
 
 
+def test_reference_parsing_reads_leading_digits_and_both_valid_rates_are_reported(
+        monkeypatch, world):
+    """The reference read `=(\\d+)`: the leading digits, whatever follows. worldrep's strict
+    default needs the whole output to be the number; both rates are always reported."""
+    cases = [("dist(c_0001,c_0002)=769", "769"), ("dist(c_0001,c_0003)=769", "76x"),
+             ("dist(c_0001,c_0004)=769", "770,c_1"), ("dist(c_0001,c_0005)=769", "x7"),
+             ("compass(c_0001,c_0002)=NE", "NE")]
+    frame = pd.DataFrame({"text": [c[0] for c in cases],
+                          "task": ["distance"] * 4 + ["compass"]})
+    monkeypatch.setattr(evaluate, "greedy_generate",
+                        scripted({c[0].rsplit("=", 1)[0] + "=": c[1] for c in cases}))
+    failure = get_task("distance").failure_value
+    strict = evaluate_frame(None, frame, world, batch_size=8, device="cpu")
+    ref = evaluate_frame(None, frame, world, batch_size=8, device="cpu", parse="reference")
+    np.testing.assert_allclose(strict["value"], [0, failure, failure, failure, 1])
+    np.testing.assert_allclose(ref["value"], [0, 693, 1, failure, 1])
+    assert ref["parsed"].tolist()[:3] == [769, 76, 770]
+    for res in (strict, ref):  # the same two columns, whichever parser scored
+        assert res["valid_strict"].tolist() == [True, False, False, False, True]
+        assert res["valid_reference"].tolist() == [True, True, True, False, True]
+    summary = evaluate.summarize(ref)["distance"]
+    assert summary["valid_rate"] == summary["valid_rate_reference"] == 0.75
+    assert summary["valid_rate_strict"] == 0.25
+    with pytest.raises(WorldrepError, match="unknown parse 'loose'; allowed: strict, reference"):
+        evaluate_frame(None, frame, world, parse="loose")
+
+
 def test_unfinished_output_is_flagged(monkeypatch, world):
     frame = pd.DataFrame({"text": ["dist(c_0001,c_0002)=12"], "task": ["distance"]})
     prompt = "dist(c_0001,c_0002)="
@@ -248,13 +285,18 @@ def data_dir(world, tmp_path_factory) -> Path:
 
 
 def test_checkpoint_selection(run_dir):
+    """One lister for training, evaluation and representations (worldrep.model)."""
+
+    def names(which):
+        return [p.name for p in select_checkpoints(run_dir, which)]
+
     steps = ["checkpoint-0", "checkpoint-20", "checkpoint-100"]
-    assert select_checkpoints(run_dir, "all") == steps + ["final"]
-    assert select_checkpoints(run_dir, "final") == ["final"]
-    assert select_checkpoints(run_dir, "last") == ["checkpoint-100"]
-    assert select_checkpoints(run_dir, "20, final,checkpoint-0,20") == [
-        "checkpoint-20", "final", "checkpoint-0"]
-    assert select_checkpoints(run_dir, [100, "final"]) == ["checkpoint-100", "final"]
+    assert names("all") == steps + ["final"]  # final has its own weights here
+    assert names("final") == ["final"]
+    assert names("last") == ["final"]  # the newest checkpoint
+    assert names("20, final,checkpoint-0,20") == ["checkpoint-20", "final", "checkpoint-0"]
+    assert names([100, "final"]) == ["checkpoint-100", "final"]
+    assert select_checkpoints(run_dir, "final")[0] == run_dir / "checkpoints" / "final"
     with pytest.raises(WorldrepError, match="available: checkpoint-0, checkpoint-20, "
                                             "checkpoint-100, final"):
         select_checkpoints(run_dir, "checkpoint-7")
@@ -293,6 +335,19 @@ def test_evaluate_run_writes_artifacts_and_limit_takes_first_rows(run_dir, data_
     assert json.loads((out / "final" / "summary.json").read_text()) == combined["final"]
 
 
+def test_an_evaluation_is_named_by_its_inputs_not_their_paths(run_dir, data_dir, tmp_path):
+    import shutil
+
+    run2 = Path(shutil.copytree(run_dir, tmp_path / "moved" / "run"))
+    data2 = Path(shutil.copytree(data_dir, tmp_path / "moved" / "dist"))
+    a = evaluate_run(run_dir, data_dir, checkpoints="final", limit=3, out=tmp_path / "a")
+    b = evaluate_run(run2, data2, checkpoints="final", limit=3, out=tmp_path / "b")
+    assert (a / "final" / "spec.yaml").read_text() == (b / "final" / "spec.yaml").read_text()
+    ma, mb = (artifacts.read_manifest(d / "final") for d in (a, b))
+    assert ma["hash"] == mb["hash"] and mb["run_dir"] == str(run2)  # paths: for people only
+    assert str(tmp_path) not in (b / "final" / "spec.yaml").read_text()
+
+
 def test_evaluate_run_default_location_and_decoding_matches_model(run_dir, data_dir):
     out = evaluate_run(run_dir, data_dir, split="validation", checkpoints="final")
     assert out == run_dir / "evals" / "dist-validation"
@@ -314,7 +369,7 @@ def test_evaluate_run_input_errors(run_dir, data_dir, tmp_path):
     with pytest.raises(WorldrepError, match="limit must be"):
         evaluate_run(run_dir, data_dir, limit=0, out=tmp_path / "e")
     (tmp_path / "bare").mkdir()
-    with pytest.raises(WorldrepError, match="no checkpoints/ directory"):
+    with pytest.raises(WorldrepError, match="holds no checkpoint"):
         evaluate_run(tmp_path / "bare", data_dir)
     broken = tmp_path / "broken" / "checkpoints" / "final"
     tiny_model().save_pretrained(broken)

@@ -29,13 +29,7 @@ SMALL = ModelSpec(preset="tiny")
 GQA = ModelSpec(preset=None, hidden=48, layers=2, heads=4, kv_heads=2, intermediate=96)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_twin(model: StackedQwen2, k: int = 0) -> Qwen2ForCausalLM:

@@ -1,9 +1,16 @@
 """Packed training: each run of a pack is the run it would be alone (data order, updates,
-metrics, artifacts), a killed pack resumes, and the study runner groups compatible runs."""
+metrics, artifacts), a killed pack resumes (also after SIGKILL, leaving no partial files),
+runs resumed at different steps catch up, a diverging run fails alone, and the study planner
+and runner group compatible runs by the trainer's own key."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +23,19 @@ from worldrep import artifacts
 from worldrep.data import DatasetSpec, make_dataset
 from worldrep.errors import WorldrepError
 from worldrep.model import StackedQwen2, load_checkpoint
-from worldrep.packing import PackBatcher, PackError, models_per_stack, train_packed
-from worldrep.train import Batcher, Stepper, TrainSpec, _Loop, load_rows, train
+from worldrep.train import (
+    PackError,
+    Run,
+    Step,
+    TrainSpec,
+    models_per_stack,
+    train,
+    train_packed,
+)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "studies" / "paper.yaml"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -88,29 +98,6 @@ def packed_60(datasets, tmp_path_factory) -> list[Path]:
     outs = [tmp_path_factory.mktemp("packed") / f"run{i}" for i in range(3)]
     train_packed(three_specs(datasets), outs, stack=3)
     return outs
-
-
-# -- batches ----------------------------------------------------------------------------------
-def test_pack_batcher_gives_each_run_its_own_batches(datasets):
-    a = load_rows(datasets["dist"], "train", 256, "cpu")
-    b = load_rows(datasets["tri"], "train", 256, "cpu")
-    rows, seeds = [a, b, a], [1, 2, 3]
-    for multiple in (1, 8):
-        pack = PackBatcher(rows, 16, seeds, pad_multiple=multiple)
-        alone = [Batcher(r, 16, s, pad_multiple=multiple) for r, s in zip(rows, seeds,
-                                                                          strict=True)]
-        for step in range(12):  # crosses the epoch ends of both data sets (7 and 5 steps)
-            ids, plen, tokens = pack.get(step)
-            assert ids.shape[:2] == (3, 16) and ids.dtype == torch.int64
-            for k, batcher in enumerate(alone):
-                want, want_plen, want_tokens = batcher.get(step)
-                n, width = want.shape
-                assert torch.equal(ids[k, :n, :width], want)
-                assert (ids[k, n:] == 0).all() and (ids[k, :, width:] == 0).all()
-                assert torch.equal(plen[k, :n], want_plen) and (plen[k, n:] == 0).all()
-                assert tokens[k] == want_tokens
-            assert ids.shape[2] == max(b.get(step)[0].shape[1] for b in alone)
-    assert len(pack.table) == len(a) + len(b) + 1  # runs on the same data share its rows
 
 
 # -- equivalence with unpacked runs -----------------------------------------------------------
@@ -197,7 +184,7 @@ def test_packed_checkpoint_loads_in_plain_transformers(packed_60):
 # -- resume -----------------------------------------------------------------------------------
 def interrupt_at(monkeypatch, n: int) -> None:
     calls = {"n": 0}
-    original = Stepper.__call__
+    original = Step.__call__
 
     def interrupted(self, ids, plen):
         calls["n"] += 1
@@ -205,70 +192,98 @@ def interrupt_at(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt
         return original(self, ids, plen)
 
-    monkeypatch.setattr(Stepper, "__call__", interrupted)
+    monkeypatch.setattr(Step, "__call__", interrupted)
 
 
-def test_killed_pack_resumes_to_identical_weights(datasets, packed_60, tmp_path, monkeypatch):
+# A pack in a child process that stops (and waits to be killed) inside run 1's step-40 write:
+# in its checkpoint directory, or after its resume state went to the temporary file.
+KILLED_CHILD = """
+import json, sys, time
+from pathlib import Path
+import torch
+from worldrep import tokenizer
+from worldrep.train import TrainSpec, train_packed
+
+job, where, marker = json.loads(Path(sys.argv[1]).read_text()), sys.argv[2], Path(sys.argv[3])
+victim = Path(job["outs"][1])
+
+def hang(path):
+    marker.write_text(str(path))
+    time.sleep(600)
+
+if where == "checkpoint":
+    save_tokenizer = tokenizer.save_hf_tokenizer
+    def save(tmp):
+        save_tokenizer(tmp)
+        if tmp.name.startswith(".checkpoint-40.tmp-") and tmp.parent.parent == victim:
+            hang(tmp)
+    tokenizer.save_hf_tokenizer = save
+else:
+    torch_save = torch.save
+    def save(obj, f, *args, **kwargs):
+        torch_save(obj, f, *args, **kwargs)
+        if Path(f).parent.parent == victim and obj.get("step") == 40:
+            hang(f)
+    torch.save = save
+train_packed([TrainSpec.model_validate(s) for s in job["specs"]], job["outs"], stack=3)
+"""
+
+
+def partial_files(outs: list[Path]) -> list[Path]:
+    return [p for o in outs for p in o.rglob(".*.tmp-*")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["checkpoint", "resume"])
+def test_sigkilled_pack_resumes_to_the_uninterrupted_weights_and_leaves_no_partial_files(
+        datasets, packed_60, tmp_path, where):
+    """SIGKILL mid-write of run 1's step-40 checkpoint: run 0 saved step 40, runs 1 and 2 are
+    at step 20. The rerun trains runs 1-2 from 20 while run 0 waits (the active mask), then
+    all three, and ends bit for bit where the uninterrupted pack ended."""
+    import worldrep
+
     outs = [tmp_path / f"run{i}" for i in range(3)]
-    interrupt_at(monkeypatch, 47)
-    with pytest.raises(KeyboardInterrupt):
-        train_packed(three_specs(datasets), outs, stack=3)
-    monkeypatch.undo()
-    for out in outs:
-        assert not artifacts.is_complete(out)
-        assert torch.load(out / "resume" / "state.pt", weights_only=True)["step"] == 40
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"specs": [s.model_dump(mode="json") for s in three_specs(datasets)],
+                               "outs": [str(o) for o in outs]}))
+    marker = tmp_path / "hanging"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(worldrep.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(job), where, str(marker)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate()
+    assert marker.exists(), err.decode()[-2000:]
+    assert proc.returncode == -signal.SIGKILL
+    left = partial_files(outs)
+    assert left and all(outs[1] in p.parents for p in left), left  # what the kill left behind
+    resumed = [torch.load(o / "resume" / "state.pt", weights_only=True)["step"] for o in outs]
+    assert resumed == [40, 20, 20] and not any(artifacts.is_complete(o) for o in outs)
+
     train_packed(three_specs(datasets), outs, stack=3)
+    assert partial_files(outs) == []
     for want, got in zip(packed_60, outs, strict=True):
         a, b = weights(want / "checkpoints" / "final"), weights(got / "checkpoints" / "final")
         assert all(torch.equal(a[k], b[k]) for k in a)
         steps = [r["step"] for r in records(got) if "loss" in r]
-        assert steps == sorted(set(steps)) and steps[-1] == 60
-
-
-def test_pack_killed_while_checkpointing_catches_up_the_runs_behind(datasets, packed_60,
-                                                                    tmp_path, monkeypatch):
-    """Run 0 saved step 40, runs 1 and 2 did not: they train 20 -> 40 alone, then all merge."""
-    outs = [tmp_path / f"run{i}" for i in range(3)]
-    original = _Loop.checkpoint
-
-    def dies_after_first(self, step, name=None):
-        if step == 40 and self.out != outs[0]:
-            raise KeyboardInterrupt
-        return original(self, step, name)
-
-    monkeypatch.setattr(_Loop, "checkpoint", dies_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        train_packed(three_specs(datasets), outs, stack=3)
-    monkeypatch.undo()
-    resumed = [torch.load(o / "resume" / "state.pt", weights_only=True)["step"] for o in outs]
-    assert resumed == [40, 20, 20]
-    calls = []
-    original_call = Stepper.__call__
-
-    def record_pack_size(self, ids, plen):
-        calls.append(ids.shape[0])
-        return original_call(self, ids, plen)
-
-    monkeypatch.setattr(Stepper, "__call__", record_pack_size)
-    train_packed(three_specs(datasets), outs, stack=3)
-    assert calls == [2] * 20 + [3] * 20
-    for want, got in zip(packed_60, outs, strict=True):
-        assert close_weights(want / "checkpoints" / "final", got / "checkpoints" / "final")
-        steps = [r["step"] for r in records(got) if "loss" in r]
-        assert steps == sorted(set(steps)) and steps[-1] == 60
+        assert steps == sorted(set(steps)) and steps[-1] == 60  # no step twice, none missing
+        assert artifacts.read_manifest(got)["hash"] == artifacts.read_manifest(want)["hash"]
 
 
 def test_pack_killed_while_finishing_finishes_the_rest(datasets, packed_60, tmp_path,
                                                       monkeypatch):
     outs = [tmp_path / f"run{i}" for i in range(3)]
-    original = _Loop.finish
+    original = Run.finish
 
-    def dies_at_second(self, step):
+    def dies_at_second(self):
         if self.out == outs[1]:
             raise KeyboardInterrupt
-        return original(self, step)
+        return original(self)
 
-    monkeypatch.setattr(_Loop, "finish", dies_at_second)
+    monkeypatch.setattr(Run, "finish", dies_at_second)
     with pytest.raises(KeyboardInterrupt):
         train_packed(three_specs(datasets), outs, stack=3)
     monkeypatch.undo()
@@ -276,16 +291,17 @@ def test_pack_killed_while_finishing_finishes_the_rest(datasets, packed_60, tmp_
     # Run 1 saved its step-60 checkpoint and died finishing; run 2 never got to step 60.
     resumed = [torch.load(o / "resume" / "state.pt", weights_only=True)["step"] for o in outs]
     assert resumed == [60, 60, 40]
-    sizes = []
-    original_call = Stepper.__call__
+    active = []
+    original_call = Step.__call__
 
-    def record_pack_size(self, ids, plen):
-        sizes.append(ids.shape[0])
+    def record_active(self, ids, plen):
+        active.append(self.opt.active.tolist())
         return original_call(self, ids, plen)
 
-    monkeypatch.setattr(Stepper, "__call__", record_pack_size)
+    monkeypatch.setattr(Step, "__call__", record_active)
     train_packed(three_specs(datasets), outs, stack=3)
-    assert sizes == [1] * 20 and all(artifacts.is_complete(o) for o in outs)
+    # Run 1 finishes from its saved state and waits in its slot while run 2 steps 40 -> 60.
+    assert active == [[0.0, 1.0]] * 20 and all(artifacts.is_complete(o) for o in outs)
     a, b = (weights(d / "checkpoints" / "final") for d in (packed_60[1], outs[1]))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert close_weights(packed_60[2] / "checkpoints" / "final", outs[2] / "checkpoints" / "final")
@@ -329,7 +345,8 @@ def test_incompatible_runs_are_not_packed(datasets, tmp_path):
     longer = spec(datasets["dist"], steps=8, checkpoints={}, eval=NO_EVAL)
     wider = spec(datasets["dist"], steps=6, model={"preset": "tiny", "hidden": 128},
                  checkpoints={}, eval=NO_EVAL)
-    with pytest.raises(WorldrepError, match="differs from .* in total steps 8 vs 6"):
+    with pytest.raises(WorldrepError, match="differs from .* in total steps 8 vs 6; runs pack "
+                                            "together when they share architecture"):
         train_packed([a, longer], [tmp_path / "a", tmp_path / "b"])
     with pytest.raises(WorldrepError, match=r"in architecture .*'hidden', 128"):
         train_packed([a, wider], [tmp_path / "a", tmp_path / "c"])
@@ -357,15 +374,15 @@ def test_study_yaml_round_trip_of_run_spec(datasets, tmp_path):
 # -- the study runner -------------------------------------------------------------------------
 def stack_all(monkeypatch) -> None:
     """Packs step as one stacked model on CPU too (as on CUDA)."""
-    from worldrep import packing
+    from worldrep import train as training
 
-    monkeypatch.setattr(packing, "models_per_stack", lambda k, device: k)
+    monkeypatch.setattr(training, "models_per_stack", lambda k, device: k)
 
 
 def paper_with_packing(tmp_path: Path, limit: int = 42):
     from worldrep.study import load_study
 
-    data = yaml.safe_load(Path("studies/paper.yaml").read_text())
+    data = yaml.safe_load(PAPER.read_text())
     data.update(pack="auto", pack_limit=limit)
     path = tmp_path / "paper.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -374,24 +391,31 @@ def paper_with_packing(tmp_path: Path, limit: int = 42):
 
 def test_planner_packs_the_paper_grids_by_architecture_and_length(tmp_path):
     from worldrep.study.units import format_packs, plan_packs
+    from worldrep.train import PACK_RULE
 
     study = paper_with_packing(tmp_path)
     packs = {names[0]: (key, names) for key, names in plan_packs(study)}
-    key, pt1 = packs["pt1-1"]
-    assert pt1 == [f"pt1-{x}" for x in range(1, 8)] and key.length == ("steps", 328_146)
-    assert len(packs["pt2-12"][1]) == 21 and packs["pt2-12"][0].length == ("steps", 328_125)
-    assert len(packs["pt3-123"][1]) == 35 and packs["pt3-123"][0].length == ("steps", 328_132)
-    assert packs["pt7-s42"][1] == ["pt7-s42", "pt7-s1", "pt7-s2", "pt7-s3"]
+    key, pt1 = packs["pt1-1-s42"]  # 7 tasks x 3 seeds and inside's 5 extra seeds
+    assert sorted(pt1) == sorted([f"pt1-{x}-s{s}" for x in range(1, 8) for s in (42, 1, 2)]
+                                 + [f"pt1-5-s{s}" for s in (3, 4, 5, 6, 7)])
+    assert key.total_steps == 328_146
+    two = [n for k, n in plan_packs(study) if k.total_steps == 328_125]
+    assert sorted(len(n) for n in two) == [22, 23]  # 24 cyclic + 21 exhaustive, limit 42
+    three = [n for k, n in plan_packs(study) if k.total_steps == 328_132]
+    assert sorted(len(n) for n in three) == [29, 30]
+    assert packs["pt7-s42"][1] == ["pt7-s42", "pt7-s1", "pt7-s2", "pt7-s3",
+                                   "pt7-withatlantis-s42", "pt7-scattered-s42"]
     for width in ("narrow", "wide", "wider"):  # other architectures and lengths: alone
-        assert packs[f"pt7-{width}"][1] == [f"pt7-{width}"]
-        assert packs[f"ftwb1-1-{width}"][1] == [f"ftwb1-{x}-{width}" for x in range(1, 8)]
+        assert packs[f"pt7-{width}-s42"][1] == [f"pt7-{width}-s42"]
+        assert packs[f"ftwb1-1-{width}-s42"][1] == [f"ftwb1-{x}-{width}-s42" for x in range(1, 8)]
     pft = packs["pft1-2"]  # fine-tunes of seven different checkpoints, one architecture
-    assert len(pft[1]) == 42 and dict(pft[0].arch)["hidden"] == 128
-    assert pft[0].length == ("steps", 30 * 938)  # 120k rows / 128 per step, 30 epochs
-    ftwb2 = [names for _, names in plan_packs(study) if names[0].startswith("ftwb2")]
-    assert [len(n) for n in ftwb2] == [42, 42]  # 84 runs, limit 42
+    assert len(pft[1]) == 42 and dict(pft[0].architecture)["hidden"] == 128
+    assert pft[0].total_steps == 30 * 938  # 120k rows / 128 per step, 30 epochs
+    ftwb2 = [n for _, n in plan_packs(study)
+             if any(m.startswith(("ftwb2-", "scattered-ftwb2-")) and m.count("-") == 2 for m in n)]
+    assert [len(n) for n in ftwb2] == [35, 35, 35]  # 84 + 21 scattered, limit 42
     text = format_packs(study)
-    assert "rule: runs pack together when they share architecture, total steps" in text
+    assert " ".join(text.split()).count(PACK_RULE) == 1  # the trainer's own rule
     assert "pack of 42: hidden 128, 6 layers, 4 heads, MLP 512; 28,140 steps; batch 128" in text
     assert "alone: hidden 64, 6 layers, 2 heads, MLP 256" in text
     small = paper_with_packing(tmp_path, limit=20)
@@ -408,7 +432,7 @@ def test_plan_output_shows_the_packs(tmp_path):
     assert result.exit_code == 0, result.output
     assert "packing (pack: auto, at most 42 runs a pack)" in result.output
     assert "pft1-2, pft1-3" in result.output
-    data = yaml.safe_load(Path("studies/paper.yaml").read_text())
+    data = yaml.safe_load(PAPER.read_text())
     data.pop("pack", None)
     data.pop("pack_limit", None)
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
@@ -469,7 +493,7 @@ def test_runner_trains_compatible_runs_as_one_pack_and_resumes_a_killed_one(
     for name in ("a-1", "a-2", "b"):
         log = records(dirs[name])
         assert log[0]["packed"] == 3 and [r["step"] for r in log if "loss" in r][-1] == 30
-    assert "packed" not in records(dirs["longer"])[0]  # a different length trains alone
+    assert records(dirs["longer"])[0]["packed"] == 1  # a different length trains alone
     # The same run trained alone ends with the same weights.
     alone = get_train_kind().train_spec(study.steps["b"].spec,
                                         {"tri": study.step_dir(out, "tri")})

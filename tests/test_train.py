@@ -1,4 +1,6 @@
-"""The training loop: it learns, resumes bit-identically, writes HF checkpoints, validates."""
+"""The training loop, for a single run (a pack of one): it learns, resumes bit-identically,
+writes HF checkpoints, names no path in its identity, validates its spec. Its pieces (AdamW and
+its active mask, the step, the batcher) are checked against references here too."""
 
 from __future__ import annotations
 
@@ -26,23 +28,16 @@ from worldrep.train import (
     Cadence,
     Rows,
     Runtime,
-    Stepper,
+    Step,
     TrainSpec,
+    load_rows,
     load_spec,
     train,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "configs" / "train" / "tiny.yaml"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +55,14 @@ def quick_spec(data: Path, **changes) -> TrainSpec:
                 eval={"every": 30, "rows_per_task": 8}, progress=False)
     base.update(changes)
     return TrainSpec(**base)
+
+
+@pytest.fixture(scope="module")
+def tri_data(world, tmp_path_factory) -> Path:
+    top = world.cities.sort_values("population", ascending=False).head(16)["city_id"]
+    spec = DatasetSpec(task="trianglearea", n_train=70, n_val=10, n_test=10, seed=2,
+                       pool="ids:" + ",".join(str(i) for i in top))
+    return make_dataset(world, spec, tmp_path_factory.mktemp("data") / "tri16")
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +111,9 @@ def test_stacked_step_keeps_per_model_lr_schedule_and_clipping():
     stacked = init_model(spec, [1, 2])
     opt = AdamW(stacked, total_steps=[5, 9], **{k: [s[k] for s in settings] for k in settings[0]})
     rt = Runtime.of(TrainSpec(data="-", device="cpu"))
-    step = Stepper(stacked, opt, rt)
+    step = Step(stacked, opt, rt, answer=[True, True])
     singles = [init_model(spec, seed) for seed in (1, 2)]
-    single_steps = [Stepper(m, AdamW(m, total_steps=t, **s), rt)
+    single_steps = [Step(m, AdamW(m, total_steps=t, **s), rt, answer=[True])
                     for m, t, s in zip(singles, [5, 9], settings, strict=True)]
     g = torch.Generator().manual_seed(3)
     for _ in range(4):
@@ -119,44 +122,71 @@ def test_stacked_step_keeps_per_model_lr_schedule_and_clipping():
         step(ids, plen)
         for k, s in enumerate(single_steps):
             s(ids[k:k + 1], plen[k:k + 1])
-    loss, norm, _ = step.flush()
+    sums = step.flush()
+    assert sums[2].tolist() == [4, 4]  # steps counted per model
     for k, (m, s) in enumerate(zip(singles, single_steps, strict=True)):
-        one_loss, one_norm, _ = s.flush()
-        assert np.allclose(loss[k], one_loss[0], atol=1e-6)
-        assert np.allclose(norm[k], one_norm[0], rtol=1e-5)
+        one = s.flush()
+        assert np.allclose(sums[0, k], one[0, 0], atol=1e-5)
+        assert np.allclose(sums[1, k], one[1, 0], rtol=1e-5)
         for a, b in zip(stacked.parameters(), m.parameters(), strict=True):
             assert torch.allclose(a[k], b[0], atol=1e-6)
+
+
+def test_inactive_models_keep_their_state_exactly_and_the_others_do_not_notice():
+    """The active mask: a model that waits (or failed, here with NaN gradients) keeps its
+    weights, moments and step bit for bit; the active ones update exactly as with all active."""
+    spec = ModelSpec(preset="tiny")
+    masked, full = init_model(spec, [1, 2, 3]), init_model(spec, [1, 2, 3])
+    opts = [AdamW(m, lr=1e-2, total_steps=10, warmup_steps=1) for m in (masked, full)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):  # all active: the moments are no longer zero
+        grads = [torch.randn(p.shape, generator=g) for p in masked.parameters()]
+        for opt in opts:
+            opt.update(grads)
+    before = [t.clone() for t in opts[0].state_tensors()]
+    opts[0].set_active([True, False, True])
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in masked.parameters()]
+        for grad in grads:
+            grad[1] = float("nan")  # model 1 sees poison; it must not reach its state
+        opts[0].update(grads)
+        opts[1].update(grads)
+    for name, was, now, ref in zip(("flat", "m", "v", "step"), before, opts[0].state_tensors(),
+                                   opts[1].state_tensors(), strict=True):
+        assert torch.equal(now[1], was[1]), name
+        assert torch.equal(now[[0, 2]], ref[[0, 2]]), name
+    assert opts[0].step.tolist() == [5, 2, 5]
 
 
 def test_static_shape_replay_path_matches_eager(monkeypatch):
     """The CUDA-graph path's logic on CPU: a stand-in recorder runs the warm-ups for real and
     'replays' by calling the step, so static buffers, padded batches and the undoing of
-    warm-up steps are checked here; the capture itself needs a GPU."""
+    warm-up steps are checked here; the capture itself needs a GPU (benchmarks/gpu_check.py)."""
 
     def fake_record(self, step_fn):
         for _ in range(3):
             step_fn()  # warm-ups change the state, as on the GPU; _capture must undo them
         return step_fn
 
-    monkeypatch.setattr(Stepper, "_record", fake_record)
+    monkeypatch.setattr(Step, "_record", fake_record)
     texts = [f"dist(c_{i:04d},c_{i * 7 % 9999:04d})={i * 37 % 5000}" for i in range(40)]
     rows = Rows.from_texts(texts, [20] * 40)
     spec = ModelSpec(preset="tiny")
     results = []
     for graphs in (False, True):
-        model = init_model(spec, 0)
+        model = init_model(spec, [0, 1])
         opt = AdamW(model, lr=1e-3, total_steps=6, warmup_steps=1)
         rt = Runtime(torch.device("cpu"), None, compile=False, graphs=graphs,
                      pad_multiple=8 if graphs else 1)
-        stepper = Stepper(model, opt, rt, answer_only=True)
-        batcher = Batcher(rows, batch_size=16, seed=1, pad_multiple=rt.pad_multiple,
-                          static=graphs)
-        for step in range(6):  # crosses an epoch end: a short (padded) batch
-            ids, plen, _ = batcher.get(step)
-            stepper(ids[None], plen[None])
-        results.append((opt.flat.clone(), stepper.flush(), len(stepper.graphs)))
+        step = Step(model, opt, rt, answer=[True, False])
+        batcher = Batcher([rows, rows], batch_size=16, seeds=[1, 2],
+                          pad_multiple=rt.pad_multiple)
+        for s in range(6):  # crosses an epoch end: a short (padded) batch
+            opt.set_active([True, s != 4])
+            step(*batcher.get(s)[:2])
+        results.append((opt.flat.clone(), step.flush(), len(step.graphs)))
     (eager, eager_log, _), (static, static_log, n_shapes) = results
-    assert n_shapes >= 1 and static_log[2] == eager_log[2] == 6
+    assert n_shapes >= 1 and static_log[2].tolist() == eager_log[2].tolist() == [6, 5]
     assert np.allclose(static_log[0], eager_log[0], atol=1e-5)
     assert torch.allclose(static, eager, atol=1e-5)
 
@@ -177,23 +207,43 @@ def test_answer_only_loss_counts_answer_tokens():
 def test_batcher_visits_every_row_once_per_epoch_in_seeded_order():
     texts = [f"dist(c_{i:04d},c_0001)={i % 997}" for i in range(50)]
     rows = Rows.from_texts(texts, [20] * 50)
-    batcher = Batcher(rows, batch_size=16, seed=5)
-    assert batcher.per_epoch == 4
+    batcher = Batcher([rows], batch_size=16, seeds=[5])
+    assert batcher.per_epoch == [4]
     seen = []
     for step in range(4):
         ids, plen, tokens = batcher.get(step)
-        assert ids.shape[1] == int((ids != 0).sum(1).max())  # padded to its longest row
-        assert tokens == int((ids != 0).sum())
-        seen.append(ids)
-    assert [len(b) for b in seen] == [16, 16, 16, 2]  # the last batch is short, not dropped
-    visited = sorted(tuple(r[r != 0].tolist()) for b in seen for r in b)
+        assert ids.shape[:2] == (1, 16) and ids.dtype == torch.int64
+        assert ids.shape[2] == int((ids != 0).sum(2).max())  # padded to its longest row
+        assert tokens[0] == int((ids != 0).sum())
+        seen.append(ids[0])
+    assert [int((b != 0).any(1).sum()) for b in seen] == [16, 16, 16, 2]  # short, not dropped
+    assert (seen[3][2:] == 0).all()  # empty rows fill the short batch
+    visited = sorted(tuple(r[r != 0].tolist()) for b in seen for r in b if (r != 0).any())
     assert visited == sorted(tuple(r[r != 0].tolist()) for r in rows.ids.long())
-    again = Batcher(rows, batch_size=16, seed=5)
+    again = Batcher([rows], batch_size=16, seeds=[5])
     assert torch.equal(again.get(5)[0], batcher.get(5)[0])  # same order, even out of sequence
-    assert not np.array_equal(batcher.order(0), batcher.order(1))
-    static = Batcher(rows, batch_size=16, seed=5, pad_multiple=8, static=True)
-    ids, plen, _ = static.get(3)
-    assert ids.shape == (16, 24) and (ids[2:] == 0).all()
+    assert not np.array_equal(batcher.order(0, 0), batcher.order(0, 1))
+    assert Batcher([rows], batch_size=16, seeds=[5], pad_multiple=8).get(3)[0].shape == (1, 16, 24)
+
+
+def test_pack_batcher_gives_each_run_its_own_batches(small_data, tri_data):
+    a = load_rows(small_data, "train", 256, "cpu")
+    b = load_rows(tri_data, "train", 256, "cpu")
+    rows, seeds = [a, b, a], [1, 2, 3]
+    for multiple in (1, 8):
+        pack = Batcher(rows, 16, seeds, pad_multiple=multiple)
+        alone = [Batcher([r], 16, [s], pad_multiple=multiple) for r, s in zip(rows, seeds,
+                                                                              strict=True)]
+        for step in range(12):  # crosses the epoch ends of both data sets (7 and 5 steps)
+            ids, plen, tokens = pack.get(step)
+            assert ids.shape[:2] == (3, 16)
+            for k, batcher in enumerate(alone):
+                want, want_plen, want_tokens = (x[0] for x in batcher.get(step))
+                width = want.shape[1]
+                assert torch.equal(ids[k, :, :width], want) and (ids[k, :, width:] == 0).all()
+                assert torch.equal(plen[k], want_plen) and tokens[k] == want_tokens
+            assert ids.shape[2] == max(b.get(step)[0].shape[2] for b in alone)
+    assert len(pack.table) == len(a) + len(b) + 1  # runs on the same data share its rows
 
 
 def test_cadence_fractions_round_up_like_hf():
@@ -234,7 +284,7 @@ def test_tiny_model_learns_small_distance_dataset(small_data, tmp_path):
 def test_interrupted_run_resumes_to_identical_weights(small_data, finished_run, tmp_path,
                                                       monkeypatch):
     calls = {"n": 0}
-    original = Stepper.__call__
+    original = Step.__call__
 
     def interrupt_at_47(self, ids, plen):
         calls["n"] += 1
@@ -243,16 +293,13 @@ def test_interrupted_run_resumes_to_identical_weights(small_data, finished_run, 
         return original(self, ids, plen)
 
     out = tmp_path / "run"
-    monkeypatch.setattr(Stepper, "__call__", interrupt_at_47)
+    monkeypatch.setattr(Step, "__call__", interrupt_at_47)
     with pytest.raises(KeyboardInterrupt):
         train(quick_spec(small_data), out)
-    monkeypatch.setattr(Stepper, "__call__", original)
+    monkeypatch.setattr(Step, "__call__", original)
     assert not artifacts.is_complete(out) and not (out / "checkpoints" / "final").exists()
     assert torch.load(out / "resume" / "state.pt", weights_only=True)["step"] == 40
-    stale = out / "checkpoints" / ".checkpoint-60.tmp-99999"  # as a killed writer leaves it
-    stale.mkdir()
     final = train(quick_spec(small_data), out)
-    assert not stale.exists()
     want, got = weights(finished_run / "checkpoints" / "final"), weights(final)
     assert all(torch.equal(want[k], got[k]) for k in want)
     steps = [r["step"] for r in records(out) if "loss" in r]
@@ -301,13 +348,34 @@ def test_run_directory_holds_hf_checkpoints_metrics_and_curves(small_data, finis
     assert (finished_run / "metrics.jsonl").read_text() == before
 
 
+def test_the_run_identity_names_no_path(small_data, finished_run, tmp_path):
+    """The same run from a copy of its data, into another OUT: the same identity and the same
+    bytes (the paths are in spec.yaml, for people, not in what is hashed)."""
+    import shutil
+
+    data = Path(shutil.copytree(small_data, tmp_path / "elsewhere" / "data"))
+    out = tmp_path / "other-out"
+    final = train(quick_spec(data), out)
+    assert (out / "run.json").read_text() == (finished_run / "run.json").read_text()
+    assert str(small_data) not in (out / "run.json").read_text()
+    assert artifacts.read_manifest(out)["hash"] == artifacts.read_manifest(finished_run)["hash"]
+    for name in ("checkpoint-20", "final"):
+        a, b = (sorted((d / "checkpoints" / name).iterdir()) for d in (out, finished_run))
+        assert [f.name for f in a] == [f.name for f in b]
+        assert "model.safetensors" in [f.name for f in a]
+        assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b, strict=True))
+    assert final == out / "checkpoints" / "final"
+
+
 def test_fine_tuning_starts_from_checkpoint(small_data, finished_run, tmp_path):
     start = finished_run / "checkpoints" / "final"
     spec = quick_spec(small_data, model=None, init_from=str(start), optimizer={}, steps=3,
                       checkpoints={}, eval={"every": None})
     final = train(spec, tmp_path / "ft")
-    saved = json.loads((tmp_path / "ft" / "run.json").read_text())["spec"]
+    identity = json.loads((tmp_path / "ft" / "run.json").read_text())
+    saved = identity["spec"]
     assert saved["optimizer"]["lr"] == 1e-5 and saved["model"]["preset"] is None
+    assert "init_from" not in saved and len(identity["init_hash"]) == 16  # by content
     first = weights(tmp_path / "ft" / "checkpoints" / "checkpoint-0")
     assert all(torch.equal(v, weights(start)[k]) for k, v in first.items())
     assert not all(torch.equal(v, weights(final)[k]) for k, v in first.items())
@@ -391,3 +459,105 @@ def test_cli_train(small_data, tmp_path):
     assert json.loads((out / "run.json").read_text())["total_steps"] == 4
     result = runner.invoke(app, ["train", str(TINY_YAML), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "names no data" in result.output
+
+
+def test_every_run_writes_tensorboard_events_that_tensorboard_reads_back(finished_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(finished_run))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/steps_per_s",
+            "eval/loss/distance", "eval/mean_error/distance",
+            "eval/valid_rate/distance"} <= tags
+    logged = [r for r in records(finished_run) if "loss" in r and r.get("kind") != "eval"]
+    events = acc.Scalars("train/loss")
+    assert [e.step for e in events] == [r["step"] for r in logged]
+    assert [e.value for e in events] == pytest.approx([r["loss"] for r in logged], rel=1e-6)
+    assert [e.step for e in acc.Scalars("eval/mean_error/distance")] == [0, 30, 60]
+
+
+def test_a_resumed_run_purges_the_events_after_its_checkpoint(small_data, tmp_path,
+                                                               monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from worldrep import train as training
+
+    out = tmp_path / "run"
+    real = training.Run.report
+
+    def stop_at_60(self, step):  # step 50 is logged, then the run dies
+        if step == 60:
+            raise KeyboardInterrupt
+        return real(self, step)
+
+    monkeypatch.setattr(training.Run, "report", stop_at_60)
+    with pytest.raises(KeyboardInterrupt):
+        train(quick_spec(small_data), out)
+    monkeypatch.undo()
+    first = EventAccumulator(str(out))
+    first.Reload()
+    assert [e.step for e in first.Scalars("train/loss")][-1] == 50
+    train(quick_spec(small_data), out)  # resumes from checkpoint-40
+    acc = EventAccumulator(str(out))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # no step twice
+
+
+def test_wandb_runs_offline_in_the_run_directory(small_data, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    train(quick_spec(small_data, track=["wandb"], steps=20), out)
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert not list(out.glob("events.out.tfevents.*"))  # TensorBoard was not asked for
+
+
+def test_tracking_is_not_identity(small_data):
+    from worldrep.train import Run
+
+    a = Run(quick_spec(small_data), "a")
+    b = Run(quick_spec(small_data, track=["wandb"], progress=True, log_every=5), "b")
+    assert a.digest == b.digest
+
+
+def test_fp16_loss_scaling_skips_overflowed_updates_and_adapts_the_scale():
+    """GradScaler's rule per model: unscale; on overflow skip the update and halve the
+    scale; after N clean steps double it. The schedule moves on either way."""
+    spec = ModelSpec(preset=None, hidden=8, layers=1, heads=2, intermediate=16)
+    model = init_model(spec, [0, 1])
+    opt = AdamW(model, 1e-2, total_steps=100, warmup_steps=0)
+    opt.scaled, opt.SCALE_GROWTH_INTERVAL = True, 3
+    shapes = [p.shape for p in opt.params]
+    before = opt.flat.clone()
+    grads = [torch.ones(s) * opt.scale[0] for s in shapes]
+    grads[0] = grads[0].clone()
+    grads[0][1] = math.inf  # model 1 overflows
+    opt.update(grads)
+    assert not torch.equal(opt.flat[0], before[0]) and torch.equal(opt.flat[1], before[1])
+    assert opt.scale.tolist() == [2.0 ** 16, 2.0 ** 15]
+    assert opt.step.tolist() == [1, 1] and opt.taken.tolist() == [1, 0]
+    for _ in range(2):  # three clean steps in a row for model 0, two for model 1
+        opt.update([torch.ones(s) * opt.scale[:, None].view(-1, *[1] * (len(s) - 1))
+                    for s in shapes])
+    assert opt.scale.tolist() == [2.0 ** 17, 2.0 ** 15]
+    # Unscaled, the update is exactly the unscaled optimizer's.
+    ref = AdamW(init_model(spec, [0, 1]), 1e-2, total_steps=100, warmup_steps=0)
+    ref.update([torch.ones(s) for s in shapes])
+    fresh = AdamW(init_model(spec, [0, 1]), 1e-2, total_steps=100, warmup_steps=0)
+    fresh.scaled = True
+    fresh.update([torch.ones(s) * 2.0 ** 16 for s in shapes])
+    torch.testing.assert_close(fresh.flat, ref.flat, rtol=0, atol=1e-7)
+
+
+def test_fp16_training_runs_and_learns(small_data, tmp_path):
+    out = tmp_path / "fp16"
+    train(quick_spec(small_data, precision="fp16"), out)
+    losses = [r["loss"] for r in records(out) if "loss" in r and r.get("kind") != "eval"]
+    assert losses[-1] < losses[0]
+    state = torch.load(out / "resume" / "state.pt", weights_only=True)
+    assert state["optimizer"]["scale"].item() >= 1.0  # the scale travels with the resume state

@@ -118,6 +118,9 @@ def eval_cmd(
     threads: Annotated[int | None, typer.Option(
         help="CPU threads (default torch's; 1 is fastest on a busy CPU)")] = None,
     force: Annotated[bool, typer.Option(help="redo checkpoints already evaluated")] = False,
+    parse: Annotated[str, typer.Option(
+        help="strict (the whole output is the number) or reference (its leading digits, as "
+             "the reference parsed)")] = "strict",
 ):
     """Greedy-decode and score a dataset split with a run's checkpoints."""
     import json
@@ -126,7 +129,7 @@ def eval_cmd(
 
     eval_dir = evaluate_run(run_dir, data, split=split, checkpoints=checkpoints, limit=limit,
                             out=out, batch_size=batch_size, device=device, force=force,
-                            threads=threads)
+                            threads=threads, parse=parse)
     for name, summary in json.loads((eval_dir / "summary.json").read_text()).items():
         typer.echo(f"{name}:\n{format_summary(summary)}")
     typer.echo(f"evaluation written to {eval_dir}")
@@ -183,13 +186,15 @@ def analyze_reps(
 
     spec = load_config(R.RepSpec, config, task=task, layers=layer or None,
                        positions=position or None, cities=cities, min_id=min_id, device=device)
-    if R.is_checkpoint(source):
+    from .model import select_checkpoints
+
+    if (source / "config.json").is_file():  # a checkpoint directory itself
         R.extract_representations(source, world, spec, out)
     elif checkpoint == "all" or "," in checkpoint:
         done = R.extract_run(source, world, spec, out, checkpoint)
         typer.echo(f"{len(done)} checkpoints")
     else:
-        R.extract_representations(R.resolve_checkpoint(source, checkpoint), world, spec, out)
+        R.extract_representations(select_checkpoints(source, checkpoint)[0], world, spec, out)
     typer.echo(f"representations written to {out}")
 
 

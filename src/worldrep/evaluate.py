@@ -2,17 +2,21 @@
 
 The prompt of a row is `<bos>` + its text up to and including the task's answer `=`; the model
 continues greedily until `<eos>` or the task's answer budget (`max_answer_tokens`, `<eos>`
-included). The decoding core runs the HF Qwen2 model's own modules over a preallocated KV
-cache and returns the same ids as HF `generate(do_sample=False)`:
+included). The decoding core runs the model's own forward (`StackedQwen2.extend`, the one
+implementation of attention and RoPE in worldrep) over a preallocated KV cache and returns the
+same ids as HF `generate(do_sample=False)`:
 
 - prompts are sorted by length, then lexicographically, so a batch almost always holds prompts
   of one length (no padding, no mask) that share prefixes; a batch that mixes lengths is
   left-padded with a mask and per-row positions, as HF does;
 - a prefix every row shares (`<bos>dist(c_`) is computed once, and a following segment that
   many rows repeat (a task's first city) once per distinct value, then copied to the rows;
-- in the last layer only the last prompt position goes through attention and the MLP;
-- a decoding step (one query per row) attends with plain batched products, which on a CPU beat
-  the fused attention kernel's bookkeeping.
+- in the last layer only the last prompt position goes through attention and the MLP
+  (`extend`), and a decoding step (one query per row) attends with plain batched products
+  (`model.attention`), which on a CPU beat the fused kernel's bookkeeping.
+
+HF `generate` stays as the reference engine (`engine='hf'`), used by the tests and the speed
+benchmark, and for HF models that worldrep cannot represent.
 
 Every row is scored by its task (`task.score`): an unparseable answer is invalid and scored
 with the reference failure value, so means stay comparable with the reference numbers. Per
@@ -25,7 +29,6 @@ task, `summarize` reports `n`, `valid_rate` and, by the task's metric kind:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -35,18 +38,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 import yaml
 
 from . import artifacts, tokenizer
 from .devices import resolve_device
 from .errors import WorldrepError
+from .model import (
+    StackedQwen2,
+    checkpoint_hash,
+    from_hf,
+    select_checkpoints,
+    to_hf,
+)
+from .model import load_checkpoint as load_compact
 from .tasks import get_task
+from .tasks.common import PARSERS, parse_int, parse_whole_int
 
 CPU_BATCH_SIZE = 256  # measured: larger batches are no faster on a CPU (caches)
 GPU_BATCH_SIZE = 8192
 ENGINES = ("cache", "hf")
-CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 
 
 # -- devices and prompts -------------------------------------------------------------------
@@ -69,54 +79,27 @@ def _prompt_matrix(prompt_ids, lengths=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- the decoding core ---------------------------------------------------------------------
-class _Weights:
-    """A HF Qwen2-style model's modules, with q/k/v fused into one projection per layer.
+class _Cache:
+    """Key and value buffers [batch, kv heads, length, dim] per layer. One buffer serves every
+    batch of a call: fresh 100-MB allocations per batch cost page faults."""
 
-    Fusing changes no number (each output column is the same dot product) but runs one matrix
-    product instead of three.
-    """
+    def __init__(self, model: StackedQwen2):
+        self.model, self.keys, self.values = model, [], []
 
-    def __init__(self, model):
-        cfg = model.config
-        self.model, self.core = model, model.model
-        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.qkv = []
-        for layer in self.core.layers:
-            parts = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
-            bias = [p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0])
-                    for p in parts]
-            self.qkv.append((torch.cat([p.weight for p in parts]), torch.cat(bias)))
-        ref = self.core.embed_tokens.weight
-        self.dtype, self.device = ref.dtype, ref.device
-        self._keys: list[torch.Tensor] = []
-        self._values: list[torch.Tensor] = []
-        self.cos = self.sin = torch.empty(0)
-
-    def caches(self, batch: int, length: int) -> tuple[list, list]:
-        """Key and value caches [batch, kv heads, length, dim] per layer. One buffer serves
-        every batch of a call: fresh 100-MB allocations per batch cost page faults."""
-        have = (self._keys[0].shape[0], self._keys[0].shape[2]) if self._keys else (0, 0)
+    def get(self, batch: int, length: int) -> tuple[list, list]:
+        have = (self.keys[0].shape[0], self.keys[0].shape[2]) if self.keys else (0, 0)
         if batch > have[0] or length > have[1]:
-            shape = (max(batch, have[0]), self.n_kv, max(length, have[1]), self.head_dim)
-            self._keys = [torch.empty(shape, dtype=self.dtype, device=self.device)
-                          for _ in self.qkv]
-            self._values = [torch.empty_like(k) for k in self._keys]
-        return ([k[:batch, :, :length] for k in self._keys],
-                [v[:batch, :, :length] for v in self._values])
-
-    def rotary(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [length, head_dim] of positions 0..length-1 (computed once per call)."""
-        if len(self.cos) < length:
-            positions = torch.arange(length, device=self.device)[None]
-            probe = torch.empty(1, dtype=self.dtype, device=self.device)
-            cos, sin = self.core.rotary_emb(probe, positions)
-            self.cos, self.sin = cos[0], sin[0]
-        return self.cos[:length], self.sin[:length]
+            s, ref = self.model.spec, self.model.embed
+            shape = (max(batch, have[0]), s.kv_heads, max(length, have[1]), s.head_dim)
+            self.keys = [torch.empty(shape, dtype=ref.dtype, device=ref.device)
+                         for _ in range(s.layers)]
+            self.values = [torch.empty_like(k) for k in self.keys]
+        return ([k[:batch, :, :length] for k in self.keys],
+                [v[:batch, :, :length] for v in self.values])
 
 
 class _CachedDecoder:
-    """Decodes one batch over a preallocated KV cache, using the model's own modules.
+    """Decodes one batch over a KV cache with the model's own forward (`extend`).
 
     `prefill` writes the prompt keys/values, `step` appends one token per row. The cache is
     [batch, kv head, position, dim], so each row and head reads its keys contiguously.
@@ -128,10 +111,9 @@ class _CachedDecoder:
     their keys/values are then copied to the rows that share them.
     """
 
-    def __init__(self, w: _Weights, batch: int, total_len: int):
-        self.w = w
-        self.keys, self.values = w.caches(batch, total_len)
-        self.cos, self.sin = w.rotary(total_len)
+    def __init__(self, cache: _Cache, batch: int, total_len: int):
+        self.model = cache.model
+        self.keys, self.values = cache.get(batch, total_len)
         self.length = 0
         self.key_ok = None  # [B, total_len] bool, only for left-padded batches
         self.pad = None  # [B] left padding per row
@@ -148,23 +130,21 @@ class _CachedDecoder:
         causal = torch.ones(S, S, dtype=torch.bool, device=ids.device).tril()
         # A pad query attends to itself only, so it stays finite and never reaches a real row.
         eye = torch.eye(S, dtype=torch.bool, device=ids.device)
-        mask = (causal & (self.key_ok[:, None, :S] | eye))[:, None]
-        return self._forward(ids, self.cos[pos], self.sin[pos], mask)
+        return self._forward(ids, pos, (causal & (self.key_ok[:, None, :S] | eye))[:, None])
 
     def _prefill_shared(self, ids: torch.Tensor) -> torch.Tensor:
         B, S = ids.shape
+        at = torch.arange(S, device=ids.device)
         common = _shared_prefix(ids)
         if common:
-            self._forward(ids[:1, :common], self.cos[:common], self.sin[:common], None, False)
+            self._forward(ids[:1, :common], at[:common], None, False)
             self._spread(slice(0, common), torch.zeros(B, dtype=torch.long, device=ids.device))
         end, first, inverse = _shared_segment(ids, common)
         if end:
-            self._forward(ids[first, common:end], self.cos[common:end], self.sin[common:end],
-                          _offset_causal(end - common, end, ids.device), False)
+            self._forward(ids[first, common:end], at[common:end], None, False)
             self._spread(slice(common, end), inverse)
         start = self.length
-        return self._forward(ids[:, start:], self.cos[start:S], self.sin[start:S],
-                             _offset_causal(S - start, S, ids.device) if start else None)
+        return self._forward(ids[:, start:], at[start:], None)
 
     def _spread(self, positions: slice, source: torch.Tensor) -> None:
         """Row r's keys/values at `positions` become those computed for row source[r]."""
@@ -181,66 +161,16 @@ class _CachedDecoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         t = self.length
         if self.pad is None:
-            cos, sin, mask = self.cos[t:t + 1], self.sin[t:t + 1], None
-        else:
-            pos = (t - self.pad)[:, None]
-            cos, sin = self.cos[pos], self.sin[pos]
-            mask = self.key_ok[:, None, None, : t + 1]
-        return self._forward(tokens[:, None], cos, sin, mask)
+            return self._forward(tokens[:, None], torch.arange(t, t + 1, device=tokens.device),
+                                 None)
+        return self._forward(tokens[:, None], (t - self.pad)[:, None],
+                             self.key_ok[:, None, None, : t + 1])
 
-    def _forward(self, ids, cos, sin, mask, logits: bool = True) -> torch.Tensor | None:
-        """Run `ids` (the next positions of the first len(ids) rows) through the model,
-        writing their keys/values; the last position's logits if `logits`."""
-        core, w = self.w.core, self.w
-        cos, sin = cos[..., None, :], sin[..., None, :]  # broadcast over heads
-        h = core.embed_tokens(ids)
-        B, S = ids.shape
-        t0, t1 = self.length, self.length + S
-        last = len(core.layers) - 1
-        for i, layer in enumerate(core.layers):
-            x = layer.input_layernorm(h)
-            qkv = F.linear(x, *w.qkv[i]).view(B, S, w.n_heads + 2 * w.n_kv, w.head_dim)
-            qk = _rotate(qkv[:, :, : w.n_heads + w.n_kv], cos, sin)
-            self.keys[i][:B, :, t0:t1] = qk[:, :, w.n_heads:].transpose(1, 2)
-            self.values[i][:B, :, t0:t1] = qkv[:, :, w.n_heads + w.n_kv:].transpose(1, 2)
-            q = qk[:, :, : w.n_heads]
-            if i == last:
-                if not logits:
-                    break  # only the keys/values of these positions are needed
-                # Only the last position feeds the logits: skip the others' attention and MLP.
-                q, h = q[:, -1:], h[:, -1:]
-                mask = None if mask is None else mask[..., -1:, :]
-            out = _attend(q, self.keys[i][:B, :, :t1], self.values[i][:B, :, :t1], mask,
-                          layer.self_attn.scaling)
-            h = h + layer.self_attn.o_proj(out)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        self.length = t1
-        return self.w.model.lm_head(core.norm(h[:, -1])) if logits else None
-
-
-def _attend(q, keys, values, mask, scale: float) -> torch.Tensor:
-    """Attention of q [B, S, heads, dim] over the cache [B, kv heads, T, dim] -> [B, S, heads
-    * dim]. One query per row (every decoding step) is a plain batched product: for a single
-    query, torch's fused CPU kernel spends more on bookkeeping than on arithmetic."""
-    B, S, n_heads, dim = q.shape
-    if S > 1:
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=mask, is_causal=mask is None,
-            scale=scale, enable_gqa=keys.shape[1] != n_heads)
-        return out.transpose(1, 2).reshape(B, S, -1)
-    n_kv = keys.shape[1]
-    q = q.reshape(B, n_kv, n_heads // n_kv, dim)  # query head h reads kv head h // group
-    scores = torch.matmul(q, keys.transpose(-1, -2)) * scale
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(weights, values).reshape(B, 1, -1)
-
-
-def _offset_causal(queries: int, keys: int, device) -> torch.Tensor:
-    """Causal mask for the last `queries` positions of `keys` (earlier keys all visible)."""
-    mask = torch.ones(queries, keys, dtype=torch.bool, device=device)
-    return mask.tril(diagonal=keys - queries)[None, None]
+    def _forward(self, ids, positions, mask, logits: bool = True) -> torch.Tensor | None:
+        out = self.model.extend(ids, self.keys, self.values, self.length, positions, mask,
+                                logits)
+        self.length += ids.shape[1]
+        return out
 
 
 def _shared_prefix(ids: torch.Tensor) -> int:
@@ -278,30 +208,7 @@ def _shared_segment(ids: torch.Tensor, start: int):
     return end, torch.from_numpy(order[new_group]).to(to), torch.from_numpy(inverse).to(to)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding, the same arithmetic as HF's apply_rotary_pos_emb."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-def _supports_cache_engine(model) -> bool:
-    """Whether the model is a Qwen2-style decoder the KV-cache loop reproduces exactly (full
-    attention, default RoPE); anything else decodes through HF `generate`."""
-    cfg = getattr(model, "config", None)
-    core = getattr(model, "model", None)
-    layers = getattr(core, "layers", None)
-    if cfg is None or not layers or not hasattr(model, "lm_head"):
-        return False
-    attn = getattr(layers[0], "self_attn", None)
-    parts = ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")
-    return (all(hasattr(core, a) for a in ("embed_tokens", "rotary_emb", "norm"))
-            and attn is not None and all(hasattr(attn, a) for a in parts)
-            and all(t == "full_attention" for t in getattr(cfg, "layer_types", None) or [])
-            and (getattr(cfg, "rope_parameters", None) or {}).get("rope_type") == "default")
-
-
-def _decode_batch_cache(w: _Weights, ids: np.ndarray, lens: np.ndarray, max_new: int,
+def _decode_batch_cache(cache: _Cache, ids: np.ndarray, lens: np.ndarray, max_new: int,
                         device: torch.device) -> np.ndarray:
     width = int(lens.max())
     pad = width - lens
@@ -310,7 +217,7 @@ def _decode_batch_cache(w: _Weights, ids: np.ndarray, lens: np.ndarray, max_new:
     take = cols >= 0
     left[take] = ids[np.nonzero(take)[0], cols[take]]
     x = torch.from_numpy(left).to(device)
-    decoder = _CachedDecoder(w, len(ids), width + max_new)
+    decoder = _CachedDecoder(cache, len(ids), width + max_new)
     pad_t = torch.from_numpy(pad).to(device) if pad.any() else None
     logits = decoder.prefill(x, pad_t)
     out = torch.full((len(ids), max_new), tokenizer.PAD, dtype=torch.long, device=device)
@@ -352,15 +259,27 @@ def _decode_batch_hf(model, ids: np.ndarray, lens: np.ndarray, max_new: int,
     return out
 
 
+def _compact(model) -> StackedQwen2 | None:
+    """The model as worldrep's own module, or None when it is not one worldrep can represent
+    (then it decodes through HF `generate`)."""
+    if isinstance(model, StackedQwen2):
+        return model
+    try:
+        return from_hf(model).to(next(model.parameters()).device)
+    except (WorldrepError, AttributeError, KeyError):
+        return None
+
+
 def greedy_generate(model, prompt_ids, max_new: int, batch_size: int | None = None,
                     device: str | torch.device | None = None, *, lengths=None,
                     engine: str = "cache") -> np.ndarray:
     """Greedy continuations of prompts: int64 [n, max_new], `<eos>` kept, `<pad>` after it.
 
-    `prompt_ids` is a 2-D array of equal-length prompts (or right-padded ones with `lengths`)
-    or a list of id sequences. Prompts are decoded `batch_size` at a time (default: 256 on a
-    CPU, 8192 on a GPU), the model on `device` (default: where it is); the output keeps the
-    input order. `engine='hf'` runs HF `generate` instead of the KV-cache loop.
+    `model` is a (K=1) `StackedQwen2` or an HF causal LM. `prompt_ids` is a 2-D array of
+    equal-length prompts (or right-padded ones with `lengths`) or a list of id sequences.
+    Prompts are decoded `batch_size` at a time (default: 256 on a CPU, 8192 on a GPU), the
+    model on `device` (default: where it is); the output keeps the input order.
+    `engine='hf'` runs HF `generate` instead of the KV-cache loop.
     """
     if engine not in ENGINES:
         raise WorldrepError(f"unknown engine '{engine}'; allowed: {', '.join(ENGINES)}")
@@ -373,10 +292,12 @@ def greedy_generate(model, prompt_ids, max_new: int, batch_size: int | None = No
     if max_new < 1 or batch_size < 1:
         raise WorldrepError(f"max_new and batch_size must be >= 1 (got {max_new}, {batch_size})")
     ids, lens = _prompt_matrix(prompt_ids, lengths)
-    if engine == "cache" and _supports_cache_engine(model):
-        decode, runner = _decode_batch_cache, _Weights(model)
+    compact = _compact(model) if engine == "cache" else None
+    if compact is not None:
+        decode, runner = _decode_batch_cache, _Cache(compact)
     else:
-        decode, runner = _decode_batch_hf, model
+        decode = _decode_batch_hf
+        runner = to_hf(model) if isinstance(model, StackedQwen2) else model
     out = np.full((len(ids), max_new), tokenizer.PAD, np.int64)
     # By length, then lexicographically: batches share prefixes (and rarely need padding).
     order = np.lexsort((*ids.T[::-1], lens))
@@ -394,13 +315,7 @@ def greedy_generate(model, prompt_ids, max_new: int, batch_size: int | None = No
 
 # -- scoring a frame -----------------------------------------------------------------------
 RESULT_COLUMNS = ["row", "task", "prompt", "answer", "output", "parsed", "value", "valid",
-                  "finished"]
-_NUMBER_RE = re.compile(r"\s*-?\d+(\.\d+)?\s*")
-
-
-def _parse_numbers(outputs: np.ndarray) -> np.ndarray:
-    """The number each output spells (NaN where it is not a plain number)."""
-    return np.array([float(o) if _NUMBER_RE.fullmatch(o) else np.nan for o in outputs])
+                  "finished", "valid_strict", "valid_reference"]
 
 
 def _prompts_and_answers(task, texts: np.ndarray, answers: np.ndarray | None):
@@ -416,16 +331,20 @@ def _prompts_and_answers(task, texts: np.ndarray, answers: np.ndarray | None):
 
 
 def evaluate_frame(model, frame: pd.DataFrame, world, batch_size: int | None = None,
-                   device: str | torch.device | None = None, *, engine: str = "cache"
-                   ) -> pd.DataFrame:
+                   device: str | torch.device | None = None, *, engine: str = "cache",
+                   parse: str = "strict") -> pd.DataFrame:
     """Generate and score every row of `frame` (columns text, task; answer if present).
 
     Returns one row per input row, in input order: row (position in `frame`), task, prompt,
     answer, output (generated text without <eos>), parsed (the number the output spells,
     numeric tasks, NaN otherwise), value (error / 1-0 correct / score, failure value when
     invalid), valid, finished (whether <eos> came within the task's answer budget).
-    `engine` is greedy_generate's ('hf': HF `generate`, the reference path).
+    `engine` is greedy_generate's ('hf': HF `generate`, the reference path). `parse` is how
+    numeric answers are read ('strict': the whole output; 'reference': its leading digits);
+    valid_strict and valid_reference say whether each parser could read the output.
     """
+    if parse not in PARSERS:
+        raise WorldrepError(f"unknown parse '{parse}'; allowed: {', '.join(PARSERS)}")
     missing = [c for c in ("text", "task") if c not in frame.columns]
     if missing:
         raise WorldrepError(f"rows to evaluate lack column(s) {', '.join(missing)}; "
@@ -445,13 +364,18 @@ def evaluate_frame(model, frame: pd.DataFrame, world, batch_size: int | None = N
         generated = greedy_generate(model, ids, task.max_answer_tokens, batch_size, device,
                                     lengths=lengths, engine=engine)
         outputs = np.array(tokenizer.decode(generated), dtype=str)
-        value, valid = task.score(world, prompts, answers, outputs)
+        checks = {p: task.score(world, prompts, answers, outputs, parse=p) for p in PARSERS}
+        value, valid = checks[parse]
         valid = np.asarray(valid, bool)
-        parsed = _parse_numbers(outputs) if task.metric == "error" else np.full(len(rows), np.nan)
+        if task.metric == "error":
+            parsed = parse_whole_int(outputs) if parse == "strict" else parse_int(outputs)
+        else:
+            parsed = np.full(len(rows), np.nan)
         parts.append(pd.DataFrame({
             "row": rows, "task": name, "prompt": prompts, "answer": answers, "output": outputs,
             "parsed": np.where(valid, parsed, np.nan), "value": np.asarray(value, np.float64),
-            "valid": valid, "finished": (generated == tokenizer.EOS).any(axis=1)}))
+            "valid": valid, "finished": (generated == tokenizer.EOS).any(axis=1),
+            **{f"valid_{p}": np.asarray(checks[p][1], bool) for p in PARSERS}}))
     if not parts:
         return pd.DataFrame({c: [] for c in RESULT_COLUMNS})
     return pd.concat(parts, ignore_index=True).sort_values("row", kind="stable",
@@ -467,6 +391,9 @@ def summarize(results: pd.DataFrame) -> dict[str, dict[str, float]]:
         rows = results[results["task"] == name]
         value = rows["value"].to_numpy(np.float64)
         entry = {"n": int(len(rows)), "valid_rate": float(rows["valid"].mean())}
+        for p in PARSERS:  # how often each parser could read the answers
+            if f"valid_{p}" in rows:
+                entry[f"valid_rate_{p}"] = float(rows[f"valid_{p}"].mean())
         metric = get_task(name).metric
         if metric == "error":
             entry.update(mean_error=float(value.mean()), median_error=float(np.median(value)),
@@ -505,46 +432,6 @@ def _siblings(path: Path, most: int = 12) -> str:
     return f"; {parent} holds: {shown or 'no directories'}"
 
 
-def available_checkpoints(run_dir: str | Path) -> list[str]:
-    """Checkpoint names of a run: checkpoint-<step> by step, then final."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise WorldrepError(f"no run directory at {run_dir}{_siblings(run_dir)}")
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        raise WorldrepError(f"{run_dir} has no checkpoints/ directory; is it a training run?")
-    found = [p.name for p in root.iterdir() if (p / "config.json").is_file()]
-    steps = sorted((int(m.group(1)), n) for n in found if (m := CHECKPOINT_RE.fullmatch(n)))
-    names = [n for _, n in steps] + (["final"] if "final" in found else [])
-    if not names:
-        raise WorldrepError(f"{root} holds no checkpoint (no checkpoint-<step>/ or final/ "
-                            "with a config.json)")
-    return names
-
-
-def select_checkpoints(run_dir: str | Path, which: str | Sequence[str | int] = "final"
-                       ) -> list[str]:
-    """'final', 'all' (every checkpoint-<step> by step, then final), 'last' (the highest
-    step; final if there is none), or names/steps as a list or comma list."""
-    available = available_checkpoints(run_dir)
-    steps = [n for n in available if n != "final"]
-    if isinstance(which, str) and which.strip() in ("all", "last"):
-        return available if which.strip() == "all" else (steps[-1:] or ["final"])
-    items = which.split(",") if isinstance(which, str) else list(which)
-    chosen = []
-    for item in (str(i).strip() for i in items):
-        name = f"checkpoint-{int(item)}" if item.isdigit() else item
-        if name not in available:
-            raise WorldrepError(
-                f"no checkpoint '{item}' in {Path(run_dir) / 'checkpoints'}; available: "
-                f"{', '.join(available)} (or 'all', 'last')")
-        if name not in chosen:
-            chosen.append(name)
-    if not chosen:
-        raise WorldrepError(f"no checkpoint named; available: {', '.join(available)}")
-    return chosen
-
-
 def load_rows(data_dir: str | Path, split: str = "test", limit: int | None = None
               ) -> pd.DataFrame:
     """The rows to evaluate: the first `limit` rows of a dataset split, in order."""
@@ -569,45 +456,20 @@ def load_rows(data_dir: str | Path, split: str = "test", limit: int | None = Non
     return frame.iloc[:limit].reset_index(drop=True) if limit else frame
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "auto"):
-    """An HF causal LM from a checkpoint directory, in eval mode on `device`."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # one bar per checkpoint would bury the summaries
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError, SafetensorError) as err:
-        raise WorldrepError(f"cannot load the checkpoint at {path}: {err}") from None
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    return model.to(resolve_device(device)).eval()
-
-
-def _weights_hash(checkpoint: Path) -> str:
-    """Fingerprint of a checkpoint's config and weights: a retrained run is re-evaluated."""
-    digest = hashlib.sha256()
-    files = [checkpoint / "config.json", *sorted(checkpoint.glob("*.safetensors")),
-             *sorted(checkpoint.glob("*.bin"))]
-    for f in files:
-        if f.is_file():
-            digest.update(f.name.encode())
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
+def load_checkpoint(path: str | Path, device: str | torch.device = "auto") -> StackedQwen2:
+    """A checkpoint as the compact model, in eval mode on `device`."""
+    return load_compact(path, resolve_device(device)).eval()
 
 
 def _checkpoint_order(name: str) -> tuple[int, int]:
-    m = CHECKPOINT_RE.fullmatch(name)
+    m = re.fullmatch(r"checkpoint-(\d+)", name)
     return (0, int(m.group(1))) if m else (1, 0)
 
 
 def _combined_summary(eval_dir: Path, like: dict) -> dict:
     """checkpoint -> task -> metrics over every finished checkpoint evaluation in `eval_dir`
     made from the same run, dataset, split and limit."""
-    same = ("run", "dataset_hash", "split", "limit")
+    same = ("run", "dataset_hash", "split", "limit", "parse")
     combined = {}
     for sub in sorted((p for p in eval_dir.iterdir() if artifacts.is_complete(p)),
                       key=lambda p: _checkpoint_order(p.name)):
@@ -624,7 +486,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
                  checkpoints: str | Sequence[str | int] = "final", limit: int | None = None,
                  out: str | Path | None = None, batch_size: int | None = None,
                  device: str | torch.device = "auto", force: bool = False,
-                 threads: int | None = None) -> Path:
+                 threads: int | None = None, parse: str = "strict") -> Path:
     """Evaluate checkpoints of a run on a dataset split; returns the evaluation directory.
 
     Writes <out>/<checkpoint>/{eval.parquet, summary.json, spec.yaml, manifest.json} per
@@ -632,9 +494,13 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
     (checkpoint -> task -> metrics, every checkpoint evaluated there on the same rows). A
     checkpoint already evaluated with the same weights, rows and split is not redone unless
     `force`. `threads` sets torch's CPU threads for the call (on a busy CPU, 1 is fastest).
+    `parse` reads numeric answers whole ('strict') or by their leading digits ('reference',
+    as the reference did); both valid rates are reported either way.
     """
+    if parse not in PARSERS:
+        raise WorldrepError(f"unknown parse '{parse}'; allowed: {', '.join(PARSERS)}")
     run_dir, data_dir = Path(run_dir), Path(data_dir)
-    names = select_checkpoints(run_dir, checkpoints)
+    chosen = select_checkpoints(run_dir, checkpoints)
     frame = load_rows(data_dir, split, limit)
     from .data import dataset_world
 
@@ -643,21 +509,24 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
     if threads is not None and threads < 1:
         raise WorldrepError(f"threads must be >= 1 (got {threads})")
     eval_dir = Path(out) if out is not None else run_dir / "evals" / f"{data_dir.name}-{split}"
-    base = {"run": str(run_dir.resolve()), "dataset": str(data_dir.resolve()),
+    # What was evaluated, by content: the run's identity, the rows, each checkpoint's weights.
+    run_file = run_dir / "run.json"
+    base = {"run": json.loads(run_file.read_text()).get("hash") if run_file.is_file() else None,
             "dataset_hash": artifacts.read_manifest(data_dir).get("hash"), "split": split,
-            "limit": limit}
+            "limit": limit, "parse": parse}
+    where = {"run_dir": str(run_dir), "dataset": str(data_dir)}  # for people; not hashed
     before = torch.get_num_threads()
     try:
         if threads:
             torch.set_num_threads(threads)
-        for name in names:
-            spec = {**base, "checkpoint": name,
-                    "weights_hash": _weights_hash(run_dir / "checkpoints" / name)}
-            target = eval_dir / name
+        for checkpoint in chosen:
+            spec = {**base, "checkpoint": checkpoint.name,
+                    "weights_hash": checkpoint_hash(checkpoint)}
+            target = eval_dir / checkpoint.name
             if force or not artifacts.is_complete(target) or \
                     artifacts.read_manifest(target).get("hash") != artifacts.spec_hash(spec):
-                _evaluate_checkpoint(run_dir / "checkpoints" / name, frame, world, spec, target,
-                                     batch_size, device)
+                _evaluate_checkpoint(checkpoint, frame, world, spec, target, batch_size, device,
+                                     where, parse)
     finally:
         torch.set_num_threads(before)
     artifacts.write_json_atomic(eval_dir / "summary.json", _combined_summary(eval_dir, base))
@@ -665,13 +534,14 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
 
 
 def _evaluate_checkpoint(checkpoint: Path, frame, world, spec: dict, target: Path,
-                         batch_size: int | None, device: torch.device) -> None:
+                         batch_size: int | None, device: torch.device, where: dict,
+                         parse: str = "strict") -> None:
     start = time.time()
     model = load_checkpoint(checkpoint, device)
-    results = evaluate_frame(model, frame, world, batch_size, device)
+    results = evaluate_frame(model, frame, world, batch_size, device, parse=parse)
     with artifacts.artifact_dir(target) as tmp:
         results.to_parquet(tmp / "eval.parquet", index=False)
         artifacts.write_json_atomic(tmp / "summary.json", summarize(results))
         artifacts.write_spec(tmp, spec)
         artifacts.write_manifest(tmp, "eval", spec, rows=len(results), device=str(device),
-                                 seconds=round(time.time() - start, 2))
+                                 seconds=round(time.time() - start, 2), **where)

@@ -6,16 +6,23 @@ stacked over a leading model dimension K: `K` independent models run in one batc
 (`ids` [K, B, T] -> logits [K, B, T, V]) with exactly the per-model math, so several runs can
 share one training step. K = 1 is a single run.
 
+This module is the only implementation of the forward pass: training (`loss`), representation
+extraction (`hidden(..., every_layer=True)`) and greedy decoding (`extend`, over a KV cache) all
+run the same `Block`, `attention` and RoPE.
+
 The HF module is used only at the edges: checkpoints are plain Qwen2 directories (config.json,
 model.safetensors, tokenizer) that `AutoModelForCausalLM.from_pretrained` loads, and
 `to_hf_state_dict` / `load_hf_state_dict` convert between the two layouts (q/k/v and gate/up
-are fused here, separate there).
+are fused here, separate there). `list_checkpoints` / `select_checkpoints` are the one way to
+name a run's checkpoints (final, last, all).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -110,6 +117,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """Per-model x @ W^T (+ b): x [K, N, in], weight [K, out, in] (HF layout), bias [K, out]."""
     if bias is None:
@@ -117,13 +128,28 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
 
 
-def attention(q, k, v, mask: torch.Tensor | None, gqa: bool = False) -> torch.Tensor:
-    """Causal (or masked) scaled dot-product attention over [N, heads, T, D].
+def attention(q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention of queries q [N, heads, L, D] over keys and values
+    [N, kv heads, T, D], the queries being the last L of the T positions. Without `mask`
+    (bool, True = may attend, broadcast to [N, 1, L, T]) attention is causal.
 
-    On CPU it runs in fp32 even under bf16 autocast: PyTorch's CPU flash-attention backward
-    is many times slower in bf16, and at these sizes attention costs little either way.
+    One query per row (each step of greedy decoding) is a plain batched product: for a single
+    query, the fused CPU kernel spends more on bookkeeping than on arithmetic. On CPU it runs
+    in fp32 even under bf16 autocast: PyTorch's CPU flash-attention backward is many times
+    slower in bf16, and at these sizes attention costs little either way.
     """
-    extra = {"enable_gqa": True} if gqa else {}
+    n, heads, length, dim = q.shape
+    groups, total = heads // k.shape[1], k.shape[2]
+    if length == 1:
+        q = q.to(v.dtype).reshape(n, k.shape[1], groups, dim)  # query head h reads kv h // groups
+        scores = torch.matmul(q, k.to(v.dtype).transpose(-1, -2)) * dim ** -0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(-1, dtype=torch.float32).to(v.dtype)
+        return torch.matmul(weights, v).reshape(n, heads, 1, dim)
+    if mask is None and length < total:  # causal, offset: every earlier key is visible
+        mask = torch.ones(length, total, dtype=torch.bool, device=q.device).tril(total - length)
+    extra = {"enable_gqa": True} if groups > 1 else {}
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
@@ -149,20 +175,27 @@ class Block(nn.Module):
         self.down_w = nn.Parameter(torch.zeros(k, h, spec.intermediate))
         self.spec = spec
 
-    def forward(self, x, b: int, t: int, cos, sin, mask):
+    def project(self, x, b: int, t: int, cos, sin):
+        """q [K*B, heads, T, D] and k, v [K*B, kv heads, T, D] of x [K, B*T, H], RoPE applied."""
         s = self.spec
         k, d = x.shape[0], s.head_dim
         qkv = linear(rms_norm(x, self.ln1, s.rms_eps), self.qkv_w, self.qkv_b)
         qkv = qkv.view(k, b, t, s.heads + 2 * s.kv_heads, d).permute(0, 1, 3, 2, 4)
         q, kk, v = qkv.split([s.heads, s.kv_heads, s.kv_heads], dim=2)
         q, kk, v = (z.reshape(k * b, z.shape[2], t, d) for z in (q, kk, v))
-        q = q * cos + rotate_half(q) * sin
-        kk = kk * cos + rotate_half(kk) * sin
-        y = attention(q, kk, v, mask, gqa=s.kv_heads != s.heads)
-        y = y.view(k, b, s.heads, t, d).transpose(2, 3).reshape(k, b * t, s.heads * d)
+        return rope(q, cos, sin), rope(kk, cos, sin), v
+
+    def finish(self, x, y, b: int, t: int):
+        """The residual stream after the block, from its input x and attention output y."""
+        s, k = self.spec, x.shape[0]
+        y = y.view(k, b, s.heads, t, s.head_dim).transpose(2, 3).reshape(k, b * t, -1)
         x = x + linear(y, self.o_w)
         gate, up = linear(rms_norm(x, self.ln2, s.rms_eps), self.gate_up_w).chunk(2, dim=-1)
         return x + linear(F.silu(gate) * up, self.down_w)
+
+    def forward(self, x, b: int, t: int, cos, sin, mask):
+        q, kk, v = self.project(x, b, t, cos, sin)
+        return self.finish(x, attention(q, kk, v, mask), b, t)
 
 
 class StackedQwen2(nn.Module):
@@ -180,13 +213,27 @@ class StackedQwen2(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def _rope(self, positions: torch.Tensor, dtype):
+        """cos, sin of positions [T] -> [T, D], or of per-row positions [N, T] -> [N, 1, T, D]."""
         freqs = positions[..., None].float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+        return (cos[:, None], sin[:, None]) if cos.dim() == 3 else (cos, sin)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """[K, B*T, H] embeddings of ids [K, B, T] (model k's ids look up model k's table)."""
+        k, b, t = ids.shape
+        if k != self.k:
+            raise ValueError(f"ids has {k} models in its first dim, the model stacks {self.k}")
+        offsets = torch.arange(k, device=ids.device)[:, None, None] * self.spec.vocab
+        # reshape, not view: the optimizer may hold the stacked weights as strided views.
+        table = self.embed.reshape(-1, self.spec.hidden)
+        return F.embedding((ids + offsets).view(k, b * t), table)
 
     def hidden(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-norm hidden states [K, B, T, H] of ids [K, B, T].
+               positions: torch.Tensor | None = None, every_layer: bool = False):
+        """Final-norm hidden states [K, B, T, H] of ids [K, B, T]; with `every_layer`, the list
+        HF calls hidden_states: the embeddings, the residual stream after each block, and last
+        the final-norm output (in place of the last block's raw output).
 
         Without a mask, attention is causal and rows are right-padded (pads come after every
         real token, so they never change a real position). With `attention_mask` [K, B, T]
@@ -194,12 +241,7 @@ class StackedQwen2(nn.Module):
         positions count real tokens only, unless `positions` [K, B, T] is given.
         """
         k, b, t = ids.shape
-        if k != self.k:
-            raise ValueError(f"ids has {k} models in its first dim, the model stacks {self.k}")
-        offsets = torch.arange(k, device=ids.device)[:, None, None] * self.spec.vocab
-        # reshape, not view: the optimizer may hold the stacked weights as strided views.
-        table = self.embed.reshape(-1, self.spec.hidden)
-        x = F.embedding((ids + offsets).view(k, b * t), table)
+        x = self._embed(ids)
         mask = None
         if attention_mask is not None:
             real = attention_mask.bool().view(k * b, 1, 1, t)
@@ -212,17 +254,49 @@ class StackedQwen2(nn.Module):
             positions = torch.arange(t, device=ids.device)
         cos, sin = self._rope(positions.reshape(-1, t) if positions.dim() > 1 else positions,
                               x.dtype)
-        if cos.dim() == 3:  # per-row positions: [K*B, 1, T, D]
-            cos, sin = cos[:, None], sin[:, None]
+        states = [x]
         for block in self.blocks:
-            x = block(x, b, t, cos, sin, mask)
-        return rms_norm(x, self.norm, self.spec.rms_eps).view(k, b, t, -1)
+            states.append(block(states[-1], b, t, cos, sin, mask))
+        states[-1] = rms_norm(states[-1], self.norm, self.spec.rms_eps)
+        states = [h.view(k, b, t, -1) for h in states]
+        return states if every_layer else states[-1]
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         h = self.hidden(ids, attention_mask, positions)
         k, b, t, _ = h.shape
         return linear(h.view(k, b * t, -1), self.lm_head).view(k, b, t, -1)
+
+    @torch.no_grad()
+    def extend(self, ids: torch.Tensor, keys: list, values: list, start: int, positions,
+               mask: torch.Tensor | None = None, logits: bool = True) -> torch.Tensor | None:
+        """Greedy decoding's forward (K = 1) over a KV cache: ids [B, S] are positions
+        start..start+S-1 of cache rows 0..B-1. Writes their keys and values into `keys` /
+        `values` (per layer [rows, kv heads, length, head dim]) and returns the logits [B, V]
+        of each row's last position; with `logits=False` only the keys and values are wanted,
+        and the last layer stops once it has written them.
+
+        `positions` [S] (or [B, S] per row) are the RoPE positions; `mask` [B or 1, 1, S,
+        start+S] (True = may attend) is needed unless every row sees all earlier keys and the
+        new ones causally.
+        """
+        b, t = ids.shape
+        x = self._embed(ids[None])
+        cos, sin = self._rope(positions, x.dtype)
+        end, last = start + t, len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            q, kk, v = block.project(x, b, t, cos, sin)
+            keys[i][:b, :, start:end] = kk
+            values[i][:b, :, start:end] = v
+            if i == last:
+                if not logits:
+                    return None
+                # Only the last position feeds the logits: skip the others' attention and MLP.
+                q, x, t = q[:, :, -1:], x.view(1, b, t, -1)[:, :, -1], 1
+                mask = None if mask is None else mask[..., -1:, :]
+            x = block.finish(x, attention(q, keys[i][:b, :, :end], values[i][:b, :, :end], mask),
+                             b, t)
+        return linear(rms_norm(x, self.norm, self.spec.rms_eps), self.lm_head)[0]
 
     def token_loss(self, ids: torch.Tensor, prompt_len: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -382,11 +456,11 @@ def stack(models: list[StackedQwen2]) -> StackedQwen2:
 
 
 def select(model: StackedQwen2, k: int) -> StackedQwen2:
-    """Slot k of a stacked model as a K=1 model (a copy)."""
-    out = StackedQwen2(model.spec, k=1)
+    """Slot k of a stacked model as a K=1 model (a copy, on the model's device)."""
+    out = StackedQwen2(model.spec, k=1).to(model.embed.device)
     with torch.no_grad():
         for dst, src in zip(out.parameters(), model.parameters(), strict=True):
-            dst.copy_(src.detach()[k:k + 1].cpu())
+            dst.copy_(src.detach()[k:k + 1])
     return out
 
 
@@ -420,6 +494,8 @@ def spec_from_hf_config(config: dict, where: str = "checkpoint") -> ModelSpec:
         "use_sliding_window": config.get("use_sliding_window", False),
         "rope_type other than default": rope.get("rope_type", "default") != "default",
         "hidden_act other than silu": config.get("hidden_act", "silu") != "silu",
+        "layers other than full attention": any(
+            kind != "full_attention" for kind in config.get("layer_types") or []),
     }
     bad = [name for name, on in unsupported.items() if on]
     if bad:
@@ -460,14 +536,33 @@ def read_checkpoint_spec(path: str | Path) -> ModelSpec:
     return spec_from_hf_config(json.loads((path / "config.json").read_text()), where=str(path))
 
 
-def load_checkpoint(path: str | Path, device=None) -> StackedQwen2:
-    """A K=1 compact model from an HF Qwen2 checkpoint directory."""
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of an HF checkpoint directory, by HF name."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    spec = read_checkpoint_spec(path)
-    model = StackedQwen2(spec, k=1)
-    load_hf_state_dict(model, load_file(str(Path(path) / WEIGHTS_FILE)))
+    try:
+        return load_file(str(Path(path) / WEIGHTS_FILE))
+    except (OSError, SafetensorError) as err:
+        raise WorldrepError(f"cannot load the checkpoint at {path}: {err}") from None
+
+
+def load_checkpoint(path: str | Path, device=None) -> StackedQwen2:
+    """A K=1 compact model from an HF Qwen2 checkpoint directory."""
+    model = StackedQwen2(read_checkpoint_spec(path), k=1)
+    load_hf_state_dict(model, read_weights(path))
     return model.to(device) if device is not None else model
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """A fingerprint of a checkpoint's config and weights (not of where it lies)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for f in [path / "config.json", *sorted(path.glob("*.safetensors"))]:
+        if f.is_file():
+            digest.update(f.name.encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def describe(spec: ModelSpec) -> str:
@@ -476,5 +571,67 @@ def describe(spec: ModelSpec) -> str:
             f"{spec.n_params / 1e6:.2f}M parameters")
 
 
-def param_count(model: StackedQwen2) -> int:
-    return sum(math.prod(p.shape[1:]) for p in model.parameters())
+# -- a run's checkpoints -------------------------------------------------------------------------
+STEP_RE = re.compile(r"checkpoint-(\d+)")
+
+
+def _checkpoint_dirs(run_dir: str | Path) -> tuple[Path, list[tuple[int, Path]], Path | None]:
+    """(where, [(step, checkpoint-<step>)] by step, final or None) of a run directory (or of
+    its checkpoints/ directory); unfinished writes (.name.tmp-PID) are not checkpoints."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise WorldrepError(f"no run directory at {run_dir}")
+    root = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
+    found = {p.name: p for p in root.iterdir() if (p / "config.json").is_file()}
+    numbered = sorted((int(m.group(1)), p) for n, p in found.items() if (m := STEP_RE.fullmatch(n)))
+    if not numbered and "final" not in found:
+        raise WorldrepError(f"{root} holds no checkpoint (no checkpoint-<step>/ or final/ with a "
+                            "config.json)")
+    return root, numbered, found.get("final")
+
+
+def _repeats(final: Path, step: int, last: Path) -> bool:
+    """Is `final` the checkpoint of `step` again: by the step the trainer records in
+    worldrep.json, else (another trainer's checkpoints) by identical weight files?"""
+    try:
+        recorded = json.loads((final / INFO_FILE).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, int):
+        return recorded == step
+    a, b = final / WEIGHTS_FILE, last / WEIGHTS_FILE
+    return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's timeline: checkpoint-<step> by step, then final, unless final is the last
+    numbered checkpoint again (the trainer writes both at the last step), so that no step
+    appears twice."""
+    _, numbered, final = _checkpoint_dirs(run_dir)
+    timeline = [p for _, p in numbered]
+    if final is not None and not (numbered and _repeats(final, *numbered[-1])):
+        timeline.append(final)
+    return timeline
+
+
+def select_checkpoints(run_dir: str | Path, which: str | Sequence[str | int] = "final"
+                       ) -> list[Path]:
+    """Checkpoints of a run: 'all' (the timeline of `list_checkpoints`), 'last' (the newest
+    one: the end of that timeline), or names and steps as a list or comma list ('final',
+    'checkpoint-20' or '20')."""
+    if isinstance(which, str) and which.strip() in ("all", "last"):
+        timeline = list_checkpoints(run_dir)
+        return timeline if which.strip() == "all" else timeline[-1:]
+    root, numbered, final = _checkpoint_dirs(run_dir)
+    named = {p.name: p for _, p in numbered} | ({"final": final} if final else {})
+    chosen: list[Path] = []
+    for item in (str(i).strip() for i in (which.split(",") if isinstance(which, str) else which)):
+        name = f"checkpoint-{int(item)}" if item.isdigit() else item
+        if name not in named:
+            raise WorldrepError(f"no checkpoint '{item}' in {root}; available: "
+                                f"{', '.join(named)} (or 'all', 'last')")
+        if named[name] not in chosen:
+            chosen.append(named[name])
+    if not chosen:
+        raise WorldrepError(f"no checkpoint named; available: {', '.join(named)}")
+    return chosen

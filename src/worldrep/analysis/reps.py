@@ -1,10 +1,11 @@
 """City representations: the residual stream of a checkpoint at a city's id, for every city.
 
 For each city the prompt is `<bos>` + task prefix + `c_XXXX` + the delimiter after the first
-city (e.g. `<bos>dist(c_1234,`). One forward pass per batch returns every layer at once
-(`output_hidden_states`: hidden_states[l] is the residual stream after block l; the last entry
-is, as in HF and the reference, the output of the final RMSNorm). Read positions are found from
-the tokenised prompt, not hard-coded, so a different prefix or delimiter cannot misalign them.
+city (e.g. `<bos>dist(c_1234,`). One forward pass of the model's own module per batch returns
+every layer at once (`StackedQwen2.hidden(..., every_layer=True)`: layer l is the residual
+stream after block l; the last layer is, as HF's hidden_states and the reference, the output of
+the final RMSNorm). Read positions are found from the tokenised prompt, not hard-coded, so a
+different prefix or delimiter cannot misalign them.
 
 The artifact is a directory with `reps.npz`: city ids and a copy of their city table (so every
 analysis can select cities without the world), the layers and positions read, and the vectors
@@ -13,8 +14,6 @@ analysis can select cities without the world), the layers and positions read, an
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -139,71 +138,6 @@ def read_positions(task_name: str, ids: np.ndarray, names: list[str]) -> dict[st
     return {n: (last if n == "delimiter" else id_end + _OFFSET_FROM_ID_END[n]) for n in names}
 
 
-# -- checkpoints -----------------------------------------------------------------------------
-_STEP = re.compile(r"^checkpoint-(\d+)$")
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / "config.json").is_file()
-
-
-def find_checkpoints(run_dir: str | Path) -> list[tuple[str, Path]]:
-    """(name, path) of a run's checkpoints in step order, `final` last.
-
-    `final` is dropped when it is the last numbered checkpoint again (same recorded step, or
-    byte-identical weights), so a timeline has no duplicated last step (the reference repeated
-    it).
-    """
-    run_dir = Path(run_dir)
-    base = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
-    numbered = sorted(((int(m.group(1)), p) for p in base.iterdir() if p.is_dir()
-                       and (m := _STEP.match(p.name)) and is_checkpoint(p)),
-                      key=lambda t: t[0]) if base.is_dir() else []
-    found = [(p.name, p) for _, p in numbered]
-    final = base / "final"
-    if is_checkpoint(final) and not (found and _duplicate(final, numbered[-1])):
-        found.append(("final", final))
-    if not found:
-        raise WorldrepError(f"no checkpoints in {run_dir} (expected checkpoints/checkpoint-<step>/ "
-                            "or checkpoints/final/ holding an HF config.json)")
-    return found
-
-
-def _duplicate(final: Path, last: tuple[int, Path]) -> bool:
-    """Is `final` the last numbered checkpoint again? By the step worldrep's trainer records
-    (worldrep.json), else by identical weight files."""
-    info = final / "worldrep.json"
-    if info.is_file():
-        try:
-            step = json.loads(info.read_text()).get("step")
-        except (json.JSONDecodeError, AttributeError):
-            step = None
-        if isinstance(step, int):
-            return step == last[0]
-    return _same_weights(final, last[1])
-
-
-def _same_weights(a: Path, b: Path) -> bool:
-    fa, fb = a / "model.safetensors", b / "model.safetensors"
-    if not (fa.is_file() and fb.is_file()) or fa.stat().st_size != fb.stat().st_size:
-        return False
-    return fa.read_bytes() == fb.read_bytes()
-
-
-def resolve_checkpoint(path: str | Path, which: str = "final") -> Path:
-    """A checkpoint directory from a checkpoint dir, or a run dir plus a checkpoint name."""
-    path = Path(path)
-    if is_checkpoint(path):
-        return path
-    found = dict(find_checkpoints(path))
-    if which == "last":
-        return list(found.values())[-1]
-    if which not in found:
-        raise WorldrepError(f"no checkpoint '{which}' in {path}; allowed: "
-                            f"{choices(['last', *found])}")
-    return found[which]
-
-
 # -- extraction ------------------------------------------------------------------------------
 def _device(name: str) -> str:
     import torch
@@ -215,37 +149,25 @@ def _device(name: str) -> str:
     return name
 
 
-def load_model(checkpoint_dir: str | Path, device: str = "cpu"):
-    import torch
-    from transformers import Qwen2ForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    if not is_checkpoint(checkpoint_dir):
-        raise WorldrepError(f"{checkpoint_dir} is not an HF checkpoint (no config.json)")
-    hf_logging.disable_progress_bar()
-    model = Qwen2ForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32,
-                                             local_files_only=True)
-    return model.to(device).eval()
-
-
 def hidden_at(model, ids: np.ndarray, layers: list[int], positions: list[int],
               batch_size: int) -> np.ndarray:
-    """float32 [n, n_layers, n_positions, hidden]: residual streams at token positions."""
+    """float32 [n, n_layers, n_positions, hidden]: residual streams of a (K=1) StackedQwen2
+    at token positions."""
     import torch
 
-    n_layers = model.config.num_hidden_layers
+    n_layers = model.spec.layers
     bad = [layer for layer in layers if not 0 <= layer <= n_layers]
     if bad:
         raise WorldrepError(f"layers {bad} do not exist in this model; allowed: 0 (embeddings) "
                             f"to {n_layers} (final block, after the final norm)")
-    device = next(model.parameters()).device
+    device = model.embed.device
     pos = torch.as_tensor(positions, device=device)
-    out = np.empty((len(ids), len(layers), len(positions), model.config.hidden_size), np.float32)
+    out = np.empty((len(ids), len(layers), len(positions), model.spec.hidden), np.float32)
     with torch.inference_mode():
         for start in range(0, len(ids), batch_size):
             batch = torch.as_tensor(ids[start:start + batch_size].astype(np.int64), device=device)
-            hs = model.model(input_ids=batch, output_hidden_states=True).hidden_states
-            picked = torch.stack([hs[layer][:, pos] for layer in layers], dim=1)
+            hs = model.hidden(batch[None], every_layer=True)
+            picked = torch.stack([hs[layer][0][:, pos] for layer in layers], dim=1)
             out[start:start + len(batch)] = picked.float().cpu().numpy()
     return out
 
@@ -261,45 +183,44 @@ def city_rows(world: World, spec: RepSpec) -> np.ndarray:
 def extract_representations(checkpoint_dir: str | Path, world_dir: str | Path | World,
                             spec: RepSpec | None = None, out: str | Path = "reps") -> Path:
     """Read every selected city's representation from one checkpoint into `out/reps.npz`."""
+    from ..model import checkpoint_hash, load_checkpoint
+
     spec = spec or RepSpec()
     world = world_dir if isinstance(world_dir, World) else load_world(world_dir)
     rows = city_rows(world, spec)
     ids, _ = tokenizer.encode(prompts(spec.task, world.ids[rows]), eos=False)
     where = read_positions(spec.task, ids, list(spec.positions))
-    model = load_model(checkpoint_dir, _device(spec.device))
+    model = load_checkpoint(checkpoint_dir, _device(spec.device)).eval()
     vectors = hidden_at(model, ids, spec.layers, [where[p] for p in spec.positions],
                         spec.batch_size)
     cities = world.cities.iloc[rows][list(CITY_COLUMNS)].reset_index(drop=True)
+    # Inputs by content (paths are recorded for people in the manifest, not hashed).
     full_spec = {"reps": spec.model_dump(mode="json"),
-                 "checkpoint": str(Path(checkpoint_dir).resolve()),
-                 "world": str(Path(world.path).resolve()) if world.path else None,
-                 "world_hash": world.hash}
+                 "checkpoint_hash": checkpoint_hash(checkpoint_dir), "world_hash": world.hash}
     return save_reps(out, cities, spec.layers, list(spec.positions), vectors, full_spec,
-                     token_positions=[where[p] for p in spec.positions])
+                     token_positions=[where[p] for p in spec.positions],
+                     checkpoint=str(checkpoint_dir),
+                     world=str(world.path) if world.path else None)
 
 
 def extract_run(run_dir: str | Path, world_dir: str | Path | World, spec: RepSpec | None = None,
                 out: str | Path = "reps", checkpoints: str = "all") -> dict[str, Path]:
-    """Representations of several checkpoints of a run, one artifact dir each: out/<name>/.
+    """Representations of several checkpoints of a run (`worldrep.model.select_checkpoints`:
+    all, last, final, or a comma list), one artifact dir each: out/<name>/.
 
     Finished directories (with a manifest) are kept, so an interrupted sweep resumes.
     """
+    from ..model import select_checkpoints
+
     spec = spec or RepSpec()
-    found = find_checkpoints(run_dir)
-    if checkpoints != "all":
-        wanted = checkpoints.split(",")
-        names = [n for n, _ in found]
-        if unknown := [w for w in wanted if w not in names]:
-            raise WorldrepError(f"checkpoints {unknown} not in {run_dir}; allowed: "
-                                f"{choices(['all', *names])}")
-        found = [(n, p) for n, p in found if n in wanted]
+    chosen = select_checkpoints(run_dir, checkpoints)
     world = world_dir if isinstance(world_dir, World) else load_world(world_dir)
     done = {}
-    for name, path in found:
-        target = Path(out) / name
+    for path in chosen:
+        target = Path(out) / path.name
         if not artifacts.is_complete(target):
             extract_representations(path, world, spec, target)
-        done[name] = target
+        done[path.name] = target
     return done
 
 
@@ -344,6 +265,8 @@ def load_reps(path: str | Path) -> Reps:
 
 def reps_series(path: str | Path) -> dict[str, Path]:
     """Checkpoint name -> reps dir for a directory written by `extract_run`, in step order."""
+    from ..model import STEP_RE
+
     path = Path(path)
     subdirs = [p for p in path.iterdir() if p.is_dir() and (p / REPS_FILE).is_file()] \
         if path.is_dir() else []
@@ -351,7 +274,7 @@ def reps_series(path: str | Path) -> dict[str, Path]:
         raise WorldrepError(f"{path} holds no checkpoint representations (<name>/{REPS_FILE})")
 
     def order(p: Path):
-        m = _STEP.match(p.name)
+        m = STEP_RE.fullmatch(p.name)
         return (0, int(m.group(1)), "") if m else (1, 0, p.name)
 
     return {p.name: p for p in sorted(subdirs, key=order)}

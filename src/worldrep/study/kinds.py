@@ -240,11 +240,22 @@ class MixtureKind(StepKind):
         make_mixture(mix, out)
 
 
-def split_rows(steps: dict, name: str) -> dict[str, int] | None:
-    """Rows per split of a dataset or mixture step, from the specs alone."""
+def split_rows(steps: dict, name: str, built: dict[str, str] | None = None
+               ) -> dict[str, int] | None:
+    """Rows per split of a dataset or mixture step: from its finished directory when `built`
+    names one, else from the specs; None when neither tells. (The one row count of the engine:
+    mixture checks and the pack planner ask it.)"""
+    from .. import artifacts
     from ..mixing import MixSource, _split_sizes
 
-    step = steps[name]
+    path = (built or {}).get(name)
+    if path and artifacts.is_complete(path):
+        from ..data import dataset_meta
+
+        return dict(dataset_meta(path)["sizes"])
+    step = steps.get(name)
+    if step is None:
+        return None
     if step.kind == "dataset":
         return {"train": step.spec["n_train"], "validation": step.spec["n_val"],
                 "test": step.spec["n_test"]}
@@ -252,7 +263,7 @@ def split_rows(steps: dict, name: str) -> dict[str, int] | None:
         return None
     total = {"train": 0, "validation": 0, "test": 0}
     for src in step.spec["sources"]:
-        sizes = split_rows(steps, src["data"])
+        sizes = split_rows(steps, src["data"], built)
         if sizes is None:
             return None
         fields = {k: src[k] for k in ("n", "n_val", "n_test")}
@@ -355,12 +366,8 @@ class RepsKind(StepKind):
         return [Ref("run", spec["run"], ("train",)), Ref("world", spec["world"], ("world",))]
 
     def run(self, spec, inputs, out):
-        from ..analysis.reps import (
-            RepSpec,
-            extract_representations,
-            extract_run,
-            resolve_checkpoint,
-        )
+        from ..analysis.reps import RepSpec, extract_representations, extract_run
+        from ..model import select_checkpoints
 
         rep = _analysis_spec(RepSpec, spec, self.OWN)
         run_dir, world = inputs[spec["run"]], inputs[spec["world"]]
@@ -368,7 +375,7 @@ class RepsKind(StepKind):
         if which == "all" or "," in which:
             extract_run(run_dir, world, rep, out, checkpoints=which)
         else:
-            extract_representations(resolve_checkpoint(run_dir, which), world, rep, out)
+            extract_representations(select_checkpoints(run_dir, which)[0], world, rep, out)
 
 
 def _probe_model():
@@ -695,7 +702,7 @@ class TrainKind(StepKind):
     section = "runs"
     Spec = _Lazy(_train_spec)
     code = ("worldrep.train",)
-    runtime = ("device", "threads", "compile", "cuda_graphs", "progress", "log_every")
+    runtime = ("device", "threads", "compile", "cuda_graphs", "progress", "log_every", "track")
 
     def tasks(self, spec, steps):  # generation metrics score the data's tasks
         return data_tasks(steps, spec["data"]) if spec["eval"]["generate"] else set()
@@ -773,6 +780,9 @@ class EvalStep(Strict):
     split: Literal["train", "validation", "test"] = "test"
     checkpoints: str = "final"  # final, last, all, or a comma list of checkpoint names
     limit: int | None = pydantic.Field(None, ge=1)  # first N rows only
+    # how numeric answers are read: the whole output (strict) or, as the reference, its
+    # leading digits; both valid rates are reported either way
+    parse: Literal["strict", "reference"] = "strict"
     batch_size: int | None = pydantic.Field(None, ge=1)
     device: str = "auto"
 
@@ -801,4 +811,5 @@ class EvalKind(StepKind):
         extra = {k: spec[k] for k in ("batch_size",) if spec[k] is not None}
         evaluate_run(inputs[spec["run"]], inputs[spec["data"]], split=spec["split"],
                      checkpoints=spec["checkpoints"], limit=spec["limit"], out=out,
+                     parse=spec["parse"],
                      device=spec["device"], **extra)

@@ -52,7 +52,8 @@ def gpu_rate(k: int, params: int) -> float:
 
 def experiment_sets(study: Study) -> list[dict]:
     """Per declaration of training runs: how many models, their steps, and GPU time."""
-    from .units import _arch, plan_packs, run_steps
+    from ..model import ModelSpec
+    from .units import _model, plan_packs, run_steps
 
     pack_of = {}
     if study.pack == "auto":
@@ -64,12 +65,7 @@ def experiment_sets(study: Study) -> list[dict]:
         if step.kind != "train":
             continue
         steps = run_steps(study, step.name)
-        arch = dict(_arch(study, step.name))
-        from ..model import ModelSpec
-
-        params = ModelSpec(preset=None, **{k: arch[k] for k in
-                                           ("hidden", "layers", "heads", "kv_heads",
-                                            "intermediate")}).n_params
+        params = ModelSpec.model_validate(_model(study, step.name) or {}).n_params
         entry = sets.setdefault(step.group, {"set": step.group, "models": 0,
                                              "model_steps": 0, "gpu_s": 0.0})
         entry["models"] += 1
@@ -120,7 +116,9 @@ def plan_json(study: Study, out: Path | None = None) -> dict:
                       "dir": f"{s.kind}/{s.dirname}", "origin": s.origin, "group": s.group,
                       "inputs": list(s.deps), "input_hashes": record["inputs"],
                       "spec": s.spec, "identity_spec": record["spec"], "code": record["code"]})
-    packs = ([{"steps": names, "key": key.describe()} for key, names in plan_packs(study)]
+    from .units import describe_key
+
+    packs = ([{"steps": names, "key": describe_key(key)} for key, names in plan_packs(study)]
              if study.pack == "auto" else [])
     jobs = [{"steps": u.steps, "kind": u.kind, "after": u.after} for u in slurm_units(study)]
     return {"study": study.name, "path": str(study.path), "scale": study.scale,

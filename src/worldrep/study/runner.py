@@ -124,7 +124,7 @@ def run_step(job: StepJob) -> Outcome:
 def run_pack(unit: list[StepJob]) -> list[Outcome]:
     """Train a unit's runs as one pack: each run that fails is recorded for that step alone
     and the others finish."""
-    from ..packing import PackError, train_packed
+    from ..train import PackError, train_packed
     from .kinds import get_kind
 
     outcomes: dict[str, Outcome] = {}

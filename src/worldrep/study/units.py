@@ -1,21 +1,15 @@
 """Which training steps of a study train together as one pack (`pack: auto`), and why.
 
 With `pack: auto` in a study file, the runner hands compatible training steps that are ready
-at the same time to `worldrep.packing` as one unit. Runs are compatible when they share
-
-  - the architecture (the run's `model`, or that of the run it starts from: `init_from`),
-  - the total number of steps (`steps`, or `epochs` x ceil(training rows / batch size)),
-  - the batch size,
-  - the device settings (device, precision, compile, cuda_graphs, pad_multiple, threads),
-  - AdamW's betas and eps (one update serves the whole pack);
-
-learning rate, schedule, clipping, weight decay, seed, data, loss and init_from may differ.
-At most `pack_limit` runs share a pack; a larger group is split into near-equal packs.
+at the same time to `worldrep.train.train_packed` as one unit. Runs are compatible when their
+`worldrep.train.pack_key`s are equal (the trainer checks the same key; `worldrep plan` prints
+its rule): learning rate, schedule, clipping, weight decay, seed, data, loss and init_from may
+differ. At most `pack_limit` runs share a pack; a larger group is split into near-equal packs.
 
 `worldrep plan` shows the packs it expects: compatible runs at the same depth of the step
 graph (the runner, which packs whatever is ready together, runs them that way in process).
 Training-row counts come from the finished data when it exists, else from the data steps'
-specs (dataset n_train; a mixture's sources), so the plan needs nothing built.
+specs (`kinds.split_rows`), so the plan needs nothing built.
 """
 
 from __future__ import annotations
@@ -26,98 +20,54 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import artifacts
 from ..errors import WorldrepError
 
-RULE = ("runs pack together when they share architecture, total steps, batch size, device "
-        "settings (device, precision, compile, cuda_graphs, pad_multiple, threads) and AdamW "
-        "betas/eps, and their inputs are done at the same time")
-DEVICE_FIELDS = ("device", "precision", "compile", "cuda_graphs", "pad_multiple", "threads")
+
+def describe_key(key) -> str:
+    a = dict(key.architecture)
+    arch = (f"hidden {a['hidden']}, {a['layers']} layers, {a['heads']} heads, "
+            f"MLP {a['intermediate']}")
+    if isinstance(key.total_steps, int):
+        length = f"{key.total_steps:,} steps"
+    else:
+        length = f"{key.total_steps[1]} epochs of {key.total_steps[2]} (size unknown)"
+    from ..train import DEVICE_FIELDS
+
+    device = dict(zip(DEVICE_FIELDS, key.device_settings, strict=True))
+    shown = ", ".join(f"{k} {v}" for k, v in device.items()
+                      if v is not None and v != "auto") or "device auto"
+    return f"{arch}; {length}; batch {key.batch_size}; {shown}"
 
 
-@dataclass(frozen=True)
-class PackKey:
-    arch: tuple
-    length: tuple  # ("steps", n), or ("epochs", e, data) when the row count is unknown
-    batch_size: int
-    device: tuple
-    adam: tuple
-
-    def describe(self) -> str:
-        a = dict(self.arch)
-        arch = (f"hidden {a['hidden']}, {a['layers']} layers, {a['heads']} heads, "
-                f"MLP {a['intermediate']}")
-        if self.length[0] == "steps":
-            length = f"{self.length[1]:,} steps"
-        else:
-            length = f"{self.length[1]} epochs of {self.length[2]} (size unknown)"
-        device = dict(zip(DEVICE_FIELDS, self.device, strict=True))
-        shown = ", ".join(f"{k} {v}" for k, v in device.items()
-                          if v is not None and v != "auto") or "device auto"
-        return f"{arch}; {length}; batch {self.batch_size}; {shown}"
+def _model(study, name: str) -> dict | None:
+    """The model of a train step: its own, or that of the run it starts from (init_from)."""
+    spec = study.steps[name].spec
+    if spec.get("model") or not spec.get("init_from"):
+        return spec.get("model")
+    return _model(study, spec["init_from"])
 
 
-def _arch(study, name: str) -> tuple:
-    from ..model import ModelSpec
+def pack_key(study, name: str, built: dict[str, str] | None = None):
+    """The `worldrep.train.pack_key` of a train step: runs with equal keys may share a pack."""
+    from ..train import TrainSpec, pack_key
+    from .kinds import split_rows
 
     spec = study.steps[name].spec
-    if spec.get("model"):
-        model = ModelSpec.model_validate(spec["model"])
-    elif spec.get("init_from"):
-        return _arch(study, spec["init_from"])
+    fields = {k: v for k, v in spec.items() if k in TrainSpec.model_fields}
+    train = TrainSpec.model_validate({**fields, "model": _model(study, name), "init_from": None})
+    if train.steps:
+        total: int | tuple = train.steps
     else:
-        model = ModelSpec()
-    return tuple(sorted(model.arch().items()))
-
-
-def train_rows(study, name: str, built: dict[str, str] | None = None) -> int | None:
-    """Training rows of a dataset or mixture step: from its finished directory when `built`
-    names one, else from the specs; None when neither tells."""
-    path = (built or {}).get(name)
-    if path and artifacts.is_complete(path):
-        from ..data import dataset_meta
-
-        sizes = dataset_meta(path).get("sizes") or {}
-        if "train" in sizes:
-            return int(sizes["train"])
-    step = study.steps.get(name)
-    if step is None:
-        return None
-    if step.kind == "dataset":
-        return int(step.spec["n_train"])
-    if step.kind == "mixture":
-        total = 0
-        for src in step.spec["sources"]:
-            n = src.get("n") if step.spec.get("mode", "sample") == "sample" else None
-            if n is None:
-                n = train_rows(study, src["data"], built)
-            if n is None:
-                return None
-            total += n
-        return total
-    return None
-
-
-def pack_key(study, name: str, built: dict[str, str] | None = None) -> PackKey:
-    """The key of a train step: runs with equal keys may share a pack."""
-    spec = study.steps[name].spec
-    if spec.get("steps"):
-        length: tuple = ("steps", int(spec["steps"]))
-    else:
-        rows = train_rows(study, spec["data"], built)
-        epochs = spec.get("epochs") or 1
-        length = (("steps", math.ceil(rows / spec["batch_size"]) * epochs) if rows
-                  else ("epochs", epochs, spec["data"]))
-    opt = spec.get("optimizer") or {}
-    return PackKey(_arch(study, name), length, int(spec["batch_size"]),
-                   tuple(spec.get(f) for f in DEVICE_FIELDS),
-                   (tuple(opt.get("betas", (0.9, 0.999))), opt.get("eps", 1e-8)))
+        rows = (split_rows(study.steps, spec["data"], built) or {}).get("train")
+        total = (math.ceil(rows / train.batch_size) * train.epochs if rows
+                 else ("epochs", train.epochs, spec["data"]))
+    return pack_key(train, total)
 
 
 def run_steps(study, name: str, built: dict[str, str] | None = None) -> int | None:
     """A train step's total steps (`steps`, or epochs x ceil(rows / batch)); None if unknown."""
-    key = pack_key(study, name, built)
-    return key.length[1] if key.length[0] == "steps" else None
+    total = pack_key(study, name, built).total_steps
+    return total if isinstance(total, int) else None
 
 
 def split_evenly(items: list, limit: int) -> list[list]:
@@ -131,7 +81,7 @@ def group_jobs(ready: Sequence, study) -> list[list]:
     """The runner's units: ready train jobs grouped by key (in order of their first job),
     every other job alone."""
     units: list[list] = []
-    by_key: dict[PackKey, list] = {}
+    by_key: dict[tuple, list] = {}
     for job in ready:
         if job.kind != "train":
             units.append([job])
@@ -154,12 +104,12 @@ def _depths(study) -> dict[str, int]:
     return depth
 
 
-def plan_packs(study, out: Path | None = None) -> list[tuple[PackKey, list[str]]]:
+def plan_packs(study, out: Path | None = None) -> list[tuple]:
     """The packs `worldrep run` is expected to form, in study order: (key, step names)."""
     built = ({s.name: str(study.step_dir(out, s)) for s in study.steps.values()}
              if out is not None else None)
     depth = _depths(study)
-    groups: dict[tuple, tuple[PackKey, list[str]]] = {}
+    groups: dict[tuple, tuple] = {}
     for step in study.steps.values():
         if step.kind == "train":
             key = pack_key(study, step.name, built)
@@ -169,6 +119,8 @@ def plan_packs(study, out: Path | None = None) -> list[tuple[PackKey, list[str]]
 
 
 def format_packs(study, out: Path | None = None) -> str:
+    from ..train import PACK_RULE
+
     packs = plan_packs(study, out)
     if not packs:
         return "packing: no training steps"
@@ -176,11 +128,12 @@ def format_packs(study, out: Path | None = None) -> str:
     many = [p for p in packs if len(p[1]) > 1]
     lines = [f"packing (pack: auto, at most {study.pack_limit} runs a pack): {runs} training "
              f"steps as {len(many)} packs and {len(packs) - len(many)} single runs",
-             *textwrap.wrap(f"rule: {RULE} (here: the same depth of the step graph)",
+             *textwrap.wrap(f"rule: {PACK_RULE}, and their inputs are done at the same time "
+                            "(here: the same depth of the step graph)",
                             width=100, initial_indent="  ", subsequent_indent="    ")]
     for key, names in packs:
         head = f"  pack of {len(names)}:" if len(names) > 1 else "  alone:"
-        lines.append(f"{head} {key.describe()}")
+        lines.append(f"{head} {describe_key(key)}")
         lines += textwrap.wrap(", ".join(names), width=100, initial_indent="      ",
                                subsequent_indent="      ")
     return "\n".join(lines)

@@ -107,7 +107,9 @@ class Task:
         return np.strings.find(np.asarray(texts, dtype=str), ")=") + 2
 
     def score(self, world: World, prompts: np.ndarray, answers: np.ndarray,
-              outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+              outputs: np.ndarray, parse: str = "strict") -> tuple[np.ndarray, np.ndarray]:
         """Per row (value, valid): value is the error (metric 'error'), 1/0 correctness
-        ('accuracy') or a score in [0, 1] ('score'); invalid rows get `failure_value`."""
+        ('accuracy') or a score in [0, 1] ('score'); invalid rows get `failure_value`.
+        `parse` is how a numeric answer is read (`PARSERS`): the whole output (strict), or
+        its leading digits as the reference did (reference)."""
         raise NotImplementedError

@@ -118,7 +118,7 @@ class Center(Task):
         flags = 1 if p.in_true_ratio in (0, 1) else 2
         return float(min(sets, 1e18) * flags)
 
-    def score(self, world, prompts, answers, outputs):
+    def score(self, world, prompts, answers, outputs, parse="strict"):
         """Euclidean distance between the generated and the true city; an output that is not
         exactly one ref to a known city is invalid and scores `failure_value`."""
         true = world.row_of_id[[int(_REF.fullmatch(str(a).strip()).group(1)) for a in answers]]

@@ -55,5 +55,5 @@ class CircleCount(Task):
     def n_possible(self, s, p):
         return float(len(centre_pool(s)) * (p.max_radius - p.min_radius + 1))
 
-    def score(self, world, prompts, answers, outputs):
-        return score_error(answers, outputs, self.failure_value)
+    def score(self, world, prompts, answers, outputs, parse="strict"):
+        return score_error(answers, outputs, self.failure_value, parse)

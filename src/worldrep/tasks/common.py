@@ -124,14 +124,30 @@ def parse_int(outputs: np.ndarray) -> np.ndarray:
     return out
 
 
-def score_error(answers: np.ndarray, outputs: np.ndarray, failure: float
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Absolute error of an integer answer; the whole output must be the integer."""
+PARSERS = ("strict", "reference")
+
+
+def parse_whole_int(outputs: np.ndarray) -> np.ndarray:
+    """The unsigned integer each output is, NaN where it is anything else ('769', not
+    '769x' or '7 69')."""
     pred = np.full(len(outputs), np.nan)
     for i, text in enumerate(outputs):
         t = str(text).strip()
         if t.isdigit() and len(t) <= 12:
             pred[i] = float(t)
+    return pred
+
+
+def score_error(answers: np.ndarray, outputs: np.ndarray, failure: float,
+                parse: str = "strict") -> tuple[np.ndarray, np.ndarray]:
+    """Absolute error of an integer answer. `parse`: 'strict' (the default) needs the whole
+    output to be the integer; 'reference' reads its leading digits, as the reference's
+    `=(\\d+)` did, so '769,c_12' counts as 769 (more rows valid on early checkpoints)."""
+    if parse not in PARSERS:
+        from ..errors import WorldrepError
+
+        raise WorldrepError(f"unknown parse '{parse}'; allowed: {', '.join(PARSERS)}")
+    pred = parse_whole_int(outputs) if parse == "strict" else parse_int(outputs)
     valid = ~np.isnan(pred)
     err = np.abs(pred - answers.astype(np.float64))
     return np.where(valid, err, failure), valid

@@ -55,5 +55,5 @@ class Compass(Task):
     def n_possible(self, s, p):
         return n_tuples(s, 2)
 
-    def score(self, world, prompts, answers, outputs):
+    def score(self, world, prompts, answers, outputs, parse="strict"):
         return score_exact(answers, outputs, LABELS)

@@ -59,5 +59,5 @@ class Crossing(Task):
         check_tuple_size(s, 4, self.name)
         return n_tuples(s, 4)
 
-    def score(self, world, prompts, answers, outputs):
+    def score(self, world, prompts, answers, outputs, parse="strict"):
         return score_exact(answers, outputs, self.balanced_labels)

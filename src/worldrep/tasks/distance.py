@@ -33,5 +33,5 @@ class Distance(Task):
     def n_possible(self, s, p):
         return n_tuples(s, 2)
 
-    def score(self, world, prompts, answers, outputs):
-        return score_error(answers, outputs, self.failure_value)
+    def score(self, world, prompts, answers, outputs, parse="strict"):
+        return score_error(answers, outputs, self.failure_value, parse)

@@ -90,5 +90,5 @@ class Inside(Task):
         check_tuple_size(s, p.max_n + 1, self.name)
         return sum(n_tuples(s, m + 1) * (m + 1) for m in range(p.min_n, p.max_n + 1))
 
-    def score(self, world, prompts, answers, outputs):
+    def score(self, world, prompts, answers, outputs, parse="strict"):
         return score_exact(answers, outputs, self.balanced_labels)

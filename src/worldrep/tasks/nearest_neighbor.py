@@ -69,7 +69,7 @@ class NearestNeighbor(Task):
     def n_possible(self, s, p):
         return float(len(centre_pool(s)) * (p.max_k - p.min_k + 1))
 
-    def score(self, world, prompts, answers, outputs):
+    def score(self, world, prompts, answers, outputs, parse="strict"):
         value = np.zeros(len(outputs))
         valid = np.zeros(len(outputs), bool)
         for i, (answer, output) in enumerate(zip(answers, outputs, strict=True)):

@@ -67,5 +67,5 @@ class Perimeter(Task):
         check_tuple_size(s, p.max_n, self.name)
         return sum(n_tuples(s, m) for m in range(p.min_n, p.max_n + 1))
 
-    def score(self, world, prompts, answers, outputs):
-        return score_error(answers, outputs, self.failure_value)
+    def score(self, world, prompts, answers, outputs, parse="strict"):
+        return score_error(answers, outputs, self.failure_value, parse)

@@ -109,7 +109,7 @@ class RandomWalk(Task):
         answer_start = np.char.find(texts, ")=") + 2
         return np.strings.find(texts, ",", answer_start) + 1  # through the first city's comma
 
-    def score(self, world, prompts, answers, outputs):
+    def score(self, world, prompts, answers, outputs, parse="strict"):
         value = np.zeros(len(outputs))
         valid = np.zeros(len(outputs), bool)
         for i, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):

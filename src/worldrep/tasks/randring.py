@@ -135,7 +135,7 @@ class RandRing(Task):
         pairs = int((high - low + 1).sum())
         return float(len(centre_pool(s)) * pairs * (p.max_n - p.min_n + 1))
 
-    def score(self, world, prompts, answers, outputs):
+    def score(self, world, prompts, answers, outputs, parse="strict"):
         value = np.zeros(len(outputs))
         valid = np.zeros(len(outputs), bool)
         for i, (prompt, answer, output) in enumerate(zip(prompts, answers, outputs, strict=True)):
