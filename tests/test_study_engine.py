@@ -255,3 +255,31 @@ def test_in_process_backend_is_the_default(tmp_path, fake_log):
     study = load_study(write_study(tmp_path, FAKES))
     report = run_study(study, tmp_path / "o", InProcess(), log=lambda _: None, only=["b-1-2"])
     assert sorted(report.ran) == ["a-1", "a-2", "b-1-2"]
+
+
+def test_the_output_directory_remembers_its_study_and_scale(tmp_path, fake_log):
+    from typer.testing import CliRunner
+
+    from worldrep.cli import app
+
+    path = write_study(tmp_path, FAKES)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    ran = runner.invoke(app, ["run", str(path), "--out", str(out), "--scale", "10"])
+    assert ran.exit_code == 0, ran.output
+    status = runner.invoke(app, ["status", "--out", str(out)])  # neither study nor scale
+    assert status.exit_code == 0 and "10 done" in status.output and "pending" not in status.output
+    named = runner.invoke(app, ["status", str(path), "--out", str(out)])
+    assert named.exit_code == 0 and "10 done" in named.output
+    report = runner.invoke(app, ["report", "--out", str(out)])
+    assert report.exit_code == 0 and (out / "report.html").is_file()
+    assert (out / "findings.json").is_file()
+    wrong = runner.invoke(app, ["status", str(path), "--out", str(out), "--scale", "5"])
+    assert wrong.exit_code == 2
+    assert f"holds the study {path.resolve()} at scale 10, not {path.resolve()} at scale 5" \
+        in wrong.output.replace("\n", " ")
+    other = write_study(tmp_path, {**FAKES, "name": "other"}, name="other.yaml")
+    mismatch = runner.invoke(app, ["run", str(other), "--out", str(out), "--scale", "10"])
+    assert mismatch.exit_code == 2 and "other.yaml" in mismatch.output
+    again = runner.invoke(app, ["run", "--out", str(out)])  # the recorded scale, nothing to do
+    assert again.exit_code == 0 and "0 ran, 10 already done" in again.output

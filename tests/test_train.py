@@ -561,3 +561,19 @@ def test_fp16_training_runs_and_learns(small_data, tmp_path):
     assert losses[-1] < losses[0]
     state = torch.load(out / "resume" / "state.pt", weights_only=True)
     assert state["optimizer"]["scale"].item() >= 1.0  # the scale travels with the resume state
+
+
+def test_the_validation_curve_beside_the_training_loss_is_the_same_loss(small_data, tmp_path):
+    from worldrep.train import loss_lines
+
+    out = tmp_path / "answer"
+    train(quick_spec(small_data, loss="answer", steps=30), out)
+    lines = loss_lines(records(out), "answer")
+    assert [label for label, _, _ in lines] == [
+        "train (answer-only loss)", "val distance (answer-only)", "val distance (whole-row)"]
+    evals = [r for r in records(out) if r.get("kind") == "eval"]
+    assert lines[1][1] == [(r["step"], r["answer_loss/distance"]) for r in evals]
+    assert lines[1][2] == "-" and lines[2][2] == ":"  # the other kind is dotted
+    assert [label for label, _, _ in loss_lines(records(out), "full")][:2] == [
+        "train (whole-row loss)", "val distance (whole-row)"]
+    assert (out / "curves.png").stat().st_size > 10_000
