@@ -29,3 +29,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fake_log(tmp_path, monkeypatch):
+    """The file every fake step (tests/study_fakes.py) appends its name to when it starts,
+    and the tests folder on the path of the processes that import the fakes."""
+    import os
+    from pathlib import Path
+
+    log = tmp_path / "starts.log"
+    monkeypatch.setenv("WORLDREP_FAKE_LOG", str(log))
+    tests = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", tests + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return log

@@ -58,12 +58,6 @@ def expected_values() -> dict[str, int]:
     return {**a, **b, "c": b["b-1-2"] + b["b-2-1"]}
 
 
-@pytest.fixture
-def fake_log(tmp_path, monkeypatch):
-    log = tmp_path / "starts.log"
-    monkeypatch.setenv("WORLDREP_FAKE_LOG", str(log))
-    monkeypatch.setenv("PYTHONPATH", str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return log
 
 
 def started(log: Path) -> list[str]:

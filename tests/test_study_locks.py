@@ -35,12 +35,6 @@ SLOW = {
 }
 
 
-@pytest.fixture
-def fake_log(tmp_path, monkeypatch):
-    log = tmp_path / "starts.log"
-    monkeypatch.setenv("WORLDREP_FAKE_LOG", str(log))
-    monkeypatch.setenv("PYTHONPATH", str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return log
 
 
 def started(log: Path) -> list[str]:

@@ -191,6 +191,16 @@ def _shared_layers(runs: dict[str, Reps], wanted: list[int] | None) -> list[int]
     return list(wanted)
 
 
+def aligned_runs(reps_paths: dict, cities: str, layers: list[int] | None
+                 ) -> tuple[dict[str, Reps], np.ndarray, list[int]]:
+    """Every run's representations on the cities they share (matched by id, sorted), and the
+    layers to compare (those asked for, else every shared one)."""
+    runs = {str(k): load_reps(v) for k, v in reps_paths.items()}
+    ids = common_cities(runs, cities)
+    runs = {k: _aligned(r, ids) for k, r in runs.items()}
+    return runs, ids, _shared_layers(runs, layers)
+
+
 @single_blas_thread
 def pairwise(prepared: dict[str, _Prepared], metric: str) -> pd.DataFrame:
     """Every unordered pair of distinct labels with its similarity."""
@@ -226,10 +236,7 @@ def cka_matrix(reps_paths: dict[str, str | Path], spec: CKASpec | None = None,
     spec = spec or CKASpec()
     if len(reps_paths) < 2:
         raise WorldrepError(f"similarity needs at least 2 runs, got {len(reps_paths)}")
-    runs = {str(k): load_reps(v) for k, v in reps_paths.items()}
-    ids = common_cities(runs, spec.cities)
-    runs = {k: _aligned(r, ids) for k, r in runs.items()}
-    layers = _shared_layers(runs, spec.layers)
+    runs, ids, layers = aligned_runs(reps_paths, spec.cities, spec.layers)
     long, matrices = [], {}
     for layer in layers:
         k = spec.k if "mutual_knn" in spec.metrics else None
@@ -295,10 +302,7 @@ def cka_by_tasks(reps_paths: dict[str, str | Path], models: dict[str, Model],
             if not (len(models[k].tasks) == 1 and models[k].tasks[0] in spec.exclude_single)}
     if len(keep) < 2:
         raise WorldrepError(f"convergence needs at least 2 models, got {len(keep)}")
-    runs = {str(k): load_reps(v) for k, v in keep.items()}
-    ids = common_cities(runs, spec.cities)
-    runs = {k: _aligned(r, ids) for k, r in runs.items()}
-    layers = _shared_layers(runs, spec.layers)
+    runs, ids, layers = aligned_runs(keep, spec.cities, spec.layers)
     pairs = []
     for layer in layers:
         prepared = {label: _Prepared.of(r.features([layer], spec.positions))

@@ -378,14 +378,20 @@ class RepsKind(StepKind):
             extract_representations(select_checkpoints(run_dir, which)[0], world, rep, out)
 
 
+def _with_reps(module: str, spec: str, min_length: int, **fields):
+    """A step model: an analysis spec (`worldrep.analysis.<module>.<spec>`) plus the reps
+    steps it reads (at least `min_length`) and any further study-side fields."""
+    import importlib
+
+    base = getattr(importlib.import_module(f"..analysis.{module}", __package__), spec)
+    return pydantic.create_model(
+        f"{spec}Step", __base__=base,
+        reps=(list[str | LabelledReps], pydantic.Field(min_length=min_length)), **fields)
+
+
 def _probe_model():
-    from ..analysis.probes import ProbeSpec
-
-    class ProbeStep(ProbeSpec):
-        reps: list[str | LabelledReps] = pydantic.Field(min_length=1)
-        world: str | None = "world"  # coordinates from the world (None: from the reps)
-
-    return ProbeStep
+    # world: where true coordinates come from (None: from the reps)
+    return _with_reps("probes", "ProbeSpec", 1, world=(str | None, "world"))
 
 
 @register_kind
@@ -426,12 +432,7 @@ class ProbeKind(StepKind):
 
 
 def _cka_model():
-    from ..analysis.cka import CKASpec
-
-    class CKAStep(CKASpec):
-        reps: list[str | LabelledReps] = pydantic.Field(min_length=2)
-
-    return CKAStep
+    return _with_reps("cka", "CKASpec", 2)
 
 
 @register_kind
@@ -474,14 +475,9 @@ def trained_on(steps: dict, run: str) -> list[str]:
 
 
 def _convergence_model():
-    from ..analysis.cka import ConvergenceSpec
-
-    class ConvergenceStep(ConvergenceSpec):
-        reps: list[str | LabelledReps] = pydantic.Field(min_length=2)
-        # filled in from the study graph: what each model was trained on, and its seed
-        models: dict[str, dict] = pydantic.Field(default_factory=dict)
-
-    return ConvergenceStep
+    # models: filled in from the study graph (what each model was trained on, its seed)
+    return _with_reps("cka", "ConvergenceSpec", 2,
+                      models=(dict[str, dict], pydantic.Field(default_factory=dict)))
 
 
 @register_kind
@@ -534,12 +530,7 @@ class PCAKind(StepKind):
 
 
 def _atlantis_model():
-    from ..analysis.atlantis import AtlantisSpec
-
-    class AtlantisStep(AtlantisSpec):
-        reps: list[str | LabelledReps] = pydantic.Field(min_length=1)
-
-    return AtlantisStep
+    return _with_reps("atlantis", "AtlantisSpec", 1)
 
 
 @register_kind
