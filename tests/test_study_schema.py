@@ -155,3 +155,13 @@ def test_cli_plan_prints_steps_and_fails_cleanly(tmp_path):
     assert "error:" in result.output and "'pool'" in result.output
     missing = runner.invoke(app, ["plan", "nope"])
     assert missing.exit_code == 2 and "built-in studies" in missing.output
+
+
+def test_a_dataset_larger_than_its_world_allows_fails_at_plan_time(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump({
+        "world": {"min_population": 4000000},  # 82 cities: 3,321 pairs
+        "datasets": [{"name": "d", "task": "distance", "n_train": 5000}]}))
+    with pytest.raises(WorldrepError, match=r"step 'd'.*distance: 15128 unique items requested "
+                                            r".*only 3321 distinct items exist"):
+        load_study(path)

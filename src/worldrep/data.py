@@ -82,9 +82,7 @@ class _UniqueStream:
         return Items.concat(self.parts), np.concatenate(self.answers)
 
 
-def draw_unique(task: Task, s: Sampling, spec: DatasetSpec, p, total: int,
-                g: np.random.Generator) -> tuple[Items, np.ndarray]:
-    """`total` distinct items (answers alongside), label-balanced for balanced tasks."""
+def _check_possible(task: Task, s: Sampling, spec: DatasetSpec, p, total: int) -> None:
     possible = task.n_possible(s, p)
     if total > possible:
         raise WorldrepError(
@@ -92,6 +90,30 @@ def draw_unique(task: Task, s: Sampling, spec: DatasetSpec, p, total: int,
             f"{int(possible)} distinct items exist for pool '{spec.pool}'"
             + (f" with require '{spec.require}'" if spec.require else "")
             + f"; allowed: at most {int(possible)}")
+
+
+def _sampling(world: World, spec: DatasetSpec) -> tuple[Task, Sampling, Any]:
+    task = get_task(spec.task)
+    p = parse_config(task.Params, spec.params, where=f"params of task '{task.name}'")
+    pool = select(world, spec.pool)
+    required = select(world, spec.require) if spec.require else None
+    if len(pool) == 0:
+        raise WorldrepError(f"the pool '{spec.pool}' selects no city")
+    if required is not None and len(required) == 0:
+        raise WorldrepError(f"the required group '{spec.require}' selects no city")
+    return task, Sampling(world, pool, required), p
+
+
+def check_size(world: World, spec: DatasetSpec) -> None:
+    """That the world holds as many distinct items as the splits ask (before any work)."""
+    task, s, p = _sampling(world, spec)
+    _check_possible(task, s, spec, p, sum(spec.sizes.values()))
+
+
+def draw_unique(task: Task, s: Sampling, spec: DatasetSpec, p, total: int,
+                g: np.random.Generator) -> tuple[Items, np.ndarray]:
+    """`total` distinct items (answers alongside), label-balanced for balanced tasks."""
+    _check_possible(task, s, spec, p, total)
     labels = task.balanced_labels
     want = _label_targets(total, labels, spec.true_ratio) if labels else None
     stream = _UniqueStream()
@@ -162,15 +184,7 @@ def _balanced_order(task, items, answers, spec: DatasetSpec, g):
 
 def build_rows(world: World, spec: DatasetSpec) -> tuple[dict[str, pd.DataFrame], dict]:
     """Generate the three splits of a task dataset in memory."""
-    task = get_task(spec.task)
-    p = parse_config(task.Params, spec.params, where=f"params of task '{task.name}'")
-    pool = select(world, spec.pool)
-    required = select(world, spec.require) if spec.require else None
-    if len(pool) == 0:
-        raise WorldrepError(f"the pool '{spec.pool}' selects no city")
-    if required is not None and len(required) == 0:
-        raise WorldrepError(f"the required group '{spec.require}' selects no city")
-    s = Sampling(world, pool, required)
+    task, s, p = _sampling(world, spec)
     g = make_rng(spec.seed, "dataset", task.name, spec.pool, spec.require or "")
     total = sum(spec.sizes.values())
     items, answers = draw_unique(task, s, spec, p, total, g)

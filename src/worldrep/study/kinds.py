@@ -170,11 +170,34 @@ class DatasetKind(StepKind):
     def scale(self, spec, s):
         return {**spec, **{k: scale_up(spec[k], s) for k in ("n_train", "n_val", "n_test")}}
 
+    def check(self, spec, steps):
+        """The world holds as many distinct items as the splits ask: a study that would
+        fail when the dataset is made fails when it is loaded."""
+        from ..data import check_size
+
+        fields = {k: v for k, v in spec.items() if k != "world"}
+        check_size(_world_of(steps[spec["world"]].spec), DatasetSpec.model_validate(fields))
+
     def run(self, spec, inputs, out):
         from ..data import make_dataset
 
         fields = {k: v for k, v in spec.items() if k != "world"}
         make_dataset(inputs[spec["world"]], DatasetSpec.model_validate(fields), out)
+
+
+_WORLDS: dict[str, object] = {}
+
+
+def _world_of(spec: dict):
+    """The world a world step would build, in memory (once per spec in a process)."""
+    import json
+
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _WORLDS:
+        from ..world import World, WorldConfig, build_world
+
+        _WORLDS[key] = World(build_world(WorldConfig.model_validate(spec)))
+    return _WORLDS[key]
 
 
 class MixSourceStep(Strict):
