@@ -63,8 +63,9 @@ def test_editing_a_task_formula_redoes_its_datasets_and_everything_downstream(so
     after = hashes(load_study("quickstart", sources=Sources(root=sources.root)))
     distance = {"world-distance", "atlantis-distance"}
     assert changed(before, after) == downstream(study, distance)
-    # The other tasks' datasets and the single-task runs on them are kept.
-    for kept in ("world-angle", "atlantis-compass", "pt1-angle", "pt1-compass.reps"):
+    # The other tasks' datasets are kept (every model here trains on distance or starts from
+    # one that did, so all of them are downstream).
+    for kept in ("world", "world-angle", "atlantis-compass"):
         assert before[kept] == after[kept]
 
 
@@ -106,7 +107,7 @@ def test_settings_that_do_not_change_results_are_not_identity(tmp_path):
     assert quiet == base
     other = hashes(load_study(_with_defaults(tmp_path, eval={"every": 0.25,
                                                              "rows_per_task": 64})))
-    assert other["pt2"] != base["pt2"] and other["world-distance"] == base["world-distance"]
+    assert other["base"] != base["base"] and other["world-distance"] == base["world-distance"]
 
 
 # -- reasons and cosmetic changes, end to end on fake steps -----------------------------------
@@ -228,6 +229,6 @@ def test_plan_json_lists_every_step_with_its_identity(tmp_path):
         assert entry["kind"] == step.kind and entry["hash"] == step.hash
         assert entry["inputs"] == step.deps and entry["spec"] == step.spec
         assert entry["dir"] == f"{step.kind}/{step.name}-{step.hash}"
-    train = next(s for s in plan["steps"] if s["name"] == "pt2")
+    train = next(s for s in plan["steps"] if s["name"] == "base")
     assert "progress" in train["spec"] and "progress" not in train["identity_spec"]
     assert "worldrep.train" in train["code"] and "worldrep.cli" not in train["code"]

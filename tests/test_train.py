@@ -151,7 +151,7 @@ def test_inactive_models_keep_their_state_exactly_and_the_others_do_not_notice()
             grad[1] = float("nan")  # model 1 sees poison; it must not reach its state
         opts[0].update(grads)
         opts[1].update(grads)
-    for name, was, now, ref in zip(("flat", "m", "v", "step"), before, opts[0].state_tensors(),
+    for name, was, now, ref in zip(opts[0].STATE, before, opts[0].state_tensors(),
                                    opts[1].state_tensors(), strict=True):
         assert torch.equal(now[1], was[1]), name
         assert torch.equal(now[[0, 2]], ref[[0, 2]]), name

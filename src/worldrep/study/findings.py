@@ -82,8 +82,9 @@ def _probe_rows(ctx: Context, steps, labels, layers) -> pd.DataFrame:
     frames = [ctx.csv(s, "metrics.csv").assign(probe=s) for s in _list(steps)]
     table = pd.concat(frames, ignore_index=True)
     table["model"] = table["label"].astype(str).str.split("/").str[0]
-    if layers is not None:
-        table = table[table["layers"].astype(str) == str(layers)]
+    if layers is not None:  # as the probe writes them: "5", or "3,4" for a concatenation
+        wanted = ",".join(map(str, _list(layers)))
+        table = table[table["layers"].astype(str) == wanted]
     if labels is not None:  # a label names a model, or a configuration of several seeds
         config = table["model"].str.split("@").str[0]
         wanted = _list(labels)
