@@ -277,3 +277,37 @@ def test_the_output_directory_remembers_its_study_and_scale(tmp_path, fake_log):
     assert mismatch.exit_code == 2 and "other.yaml" in mismatch.output
     again = runner.invoke(app, ["run", "--out", str(out)])  # the recorded scale, nothing to do
     assert again.exit_code == 0 and "0 ran, 10 already done" in again.output
+
+
+def test_status_watch_table_counts_kinds_names_the_running_and_gives_an_eta(tmp_path, fake_log):
+    """The live table: counts by kind and state, each running step with its holder and how
+    long it has held it, and an ETA from the durations measured in this output directory."""
+    from rich.console import Console
+
+    from worldrep.study import locks
+    from worldrep.study.watch import eta_seconds, status_table
+
+    study = load_study(write_study(tmp_path, FAKES))
+    out = tmp_path / "out"
+    run_study(study, out, only=["a-1", "a-2", "a-3"], log=lambda _: None)
+    before = Console(record=True, width=120)
+    before.print(status_table(study, out))
+    text = before.export_text()
+    assert "fake" in text and "held by" not in text  # nothing runs: no running table
+    assert "7 steps to go; ETA" in text  # 3 done, 6 b's and c pending
+    held = study.step_dir(out, "b-1-2")
+    holder = {**locks.me(), "started": time.time() - 42}
+    assert locks.acquire(held, holder) is None
+    try:
+        now = Console(record=True, width=160)
+        now.print(status_table(study, out))
+        text = now.export_text()
+        assert "b-1-2" in text and f"pid {os.getpid()}" in text and ", 42s" in text
+        states = cache.study_states(study, out)
+        assert states["b-1-2"].state == "running"
+        # Every step took 2 s: 6 pending + half of the running one, over one runner.
+        took = {"fake": [2.0, 2.0, 2.0]}
+        assert eta_seconds(study, states, took) == pytest.approx(6 * 2.0 + 1.0)
+    finally:
+        locks.release(held)
+    assert eta_seconds(study, cache.study_states(study, out), {}) is None  # nothing measured
