@@ -12,6 +12,9 @@ Contenders (reference model: hidden 128, 6 layers, 4 heads, MLP 512; batch 128; 
   worldrep-eager  (CUDA only) the same loop without compile and graphs.
   worldrep-fp32   (CPU) the same loop in fp32; plain `worldrep` uses precision auto, i.e. bf16
              autocast on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere.
+  worldrep-tensorboard  the worldrep loop writing a TensorBoard record (six scalars) after
+             every step, ten times the loop's default rate: what logging costs (`--only
+             worldrep,worldrep-tensorboard`).
 
 Each contender runs `--warmup` steps, then `--steps` timed steps; rounds alternate contenders
 so that background load hits them alike, and the median round is reported.
@@ -108,7 +111,8 @@ def _timed(step, warmup: int, steps: int, device) -> float:
 
 
 def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
-                 precision="auto") -> float:
+                 precision="auto", track=()) -> float:
+    from worldrep.tracking import Trackers
     from worldrep.train import AdamW, Batcher, Rows, Runtime, Step, TrainSpec
 
     options = {"compile": False, "cuda_graphs": False} if eager else {}
@@ -123,11 +127,16 @@ def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
     batcher = Batcher([rows], BATCH, [spec.seed], rt.pad_multiple)
     stepper = Step(model, opt, rt, [False])
     state = {"step": 0}
+    logdir = tempfile.TemporaryDirectory()
+    trackers = Trackers(list(track), Path(logdir.name), "bench", {}, 0)
 
     def step():
         ids, plen, _ = batcher.get(state["step"])
         stepper(ids, plen)
         state["step"] += 1
+        if track:  # a training record every step (the loop's default is every 10): worst case
+            trackers.log({"step": state["step"], "loss": 1.0, "lr": 3e-4, "grad_norm": 0.5,
+                          "steps_per_s": 1.0, "tokens_per_s": 1.0, "epoch": 0.1})
 
     for _ in range(warmup):
         step()
@@ -137,6 +146,8 @@ def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
         print(f"  (note: {len(stepper.graphs) - shapes} new batch shape(s) were compiled and "
               "captured inside the timed steps; raise --warmup)")
     assert np.isfinite(stepper.flush()).all()
+    trackers.close()
+    logdir.cleanup()
     return rate
 
 
@@ -362,7 +373,8 @@ def pack_main(args, texts, prompt_len, device, warmup, steps) -> dict:
 
 CONTENDERS = {"trainer": run_trainer, "hf-bare": run_hf_bare, "worldrep": run_worldrep,
               "worldrep-eager": lambda *a: run_worldrep(*a, eager=True),
-              "worldrep-fp32": lambda *a: run_worldrep(*a, precision="fp32")}
+              "worldrep-fp32": lambda *a: run_worldrep(*a, precision="fp32"),
+              "worldrep-tensorboard": lambda *a: run_worldrep(*a, track=("tensorboard",))}
 
 
 def main(argv=None) -> int:
@@ -392,7 +404,7 @@ def main(argv=None) -> int:
     args.rounds = args.rounds or (1 if cuda else 3)
     names = (args.only.split(",") if args.only else
              ["worldrep", "worldrep-eager", "hf-bare"] if cuda else
-             ["trainer", "hf-bare", "worldrep", "worldrep-fp32"])
+             ["trainer", "hf-bare", "worldrep", "worldrep-fp32", "worldrep-tensorboard"])
     (texts, prompt_len), source = distance_rows(args.rows, 42, args.synthetic or cuda)
     lengths = tokenizer.token_length(texts)
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
