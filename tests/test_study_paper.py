@@ -247,3 +247,19 @@ def test_slurm_submits_a_few_hundred_jobs_with_each_runs_evals_and_reps_in_one(p
             assert all(position[d] <= i for d in paper.steps[name].deps)
     result = CliRunner().invoke(app, ["plan", str(PAPER), "--executor", "slurm"])
     assert f"slurm: {len(units)} jobs for {len(paper.steps)} steps" in result.output
+
+
+def test_the_paper_beside_us_takes_rows_the_paper_gives_as_a_range_or_prose():
+    """paper-results gives some rows of a table as a range ('0.97-1.0') and some findings as
+    prose: the report puts the paper's table cells beside ours and leaves the rest out
+    (the paper smoke run once failed here, after all 3,956 steps had finished)."""
+    from worldrep.study.report import _paper
+
+    ours = {"distance": {"x": 0.5, "y": 0.25}, "angle": {"x": 0.125, "y": 0.0}}
+    mixed = {"id": "probe", "claim": "R²", "value": ours,
+             "paper": {"distance": "0.97-1.0", "angle": {"x": 0.99, "y": 0.98}}}
+    prose = {"id": "prose", "claim": "c", "value": ours, "paper": "distance lowest"}
+    page = _paper([mixed, prose])
+    assert "0.99" in page and "0.98" in page  # angle's cells, beside ours
+    assert "0.97-1.0" not in page  # a row given as a range is not a cell
+    assert page.count("<h3>") == 2 and "<th>d</th>" not in page  # prose is not split into rows

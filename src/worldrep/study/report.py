@@ -189,7 +189,10 @@ def _paper(records: list[dict]) -> str:
         if not (isinstance(ours, dict) and ours and all(isinstance(v, dict) for v in
                                                         ours.values())):
             continue
-        rows = list(ours) + [k for k in (theirs or {}) if k not in ours]
+        # The paper's side may be a table, a table with some rows given as prose or one
+        # number ("0.48-0.63"), or prose: only its table cells sit beside ours.
+        theirs = theirs if isinstance(theirs, dict) else {}
+        rows = list(ours) + [k for k in theirs if k not in ours]
         cols = list(dict.fromkeys(c for row in ours.values() for c in row))
         head = "".join(f"<th>{_e(c)}</th>" for c in cols)
         lines = []
@@ -197,7 +200,8 @@ def _paper(records: list[dict]) -> str:
             cells = []
             for c in cols:
                 a = (ours.get(row) or {}).get(c)
-                b = ((theirs or {}).get(row) or {}).get(c) if isinstance(theirs, dict) else None
+                row_of_theirs = theirs.get(row)
+                b = row_of_theirs.get(c) if isinstance(row_of_theirs, dict) else None
                 text = _fmt(a) if a is not None else "–"
                 if b is not None:
                     text += f" <span class='muted'>({_fmt(b)})</span>"
