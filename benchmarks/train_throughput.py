@@ -127,8 +127,8 @@ def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
     batcher = Batcher([rows], BATCH, [spec.seed], rt.pad_multiple)
     stepper = Step(model, opt, rt, [False])
     state = {"step": 0}
-    logdir = tempfile.TemporaryDirectory()
-    trackers = Trackers(list(track), Path(logdir.name), "bench", {}, 0)
+    logdir = tempfile.TemporaryDirectory() if track else None
+    trackers = Trackers(list(track), Path(logdir.name), "bench", {}, 0) if track else None
 
     def step():
         ids, plen, _ = batcher.get(state["step"])
@@ -146,8 +146,9 @@ def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
         print(f"  (note: {len(stepper.graphs) - shapes} new batch shape(s) were compiled and "
               "captured inside the timed steps; raise --warmup)")
     assert np.isfinite(stepper.flush()).all()
-    trackers.close()
-    logdir.cleanup()
+    if track:
+        trackers.close()
+        logdir.cleanup()
     return rate
 
 
