@@ -326,9 +326,9 @@ def test_a_diverging_run_fails_alone_and_the_others_finish(datasets, tmp_path, m
     original = StackedQwen2.loss
     calls = {"n": 0}
 
-    def poisoned(self, ids, prompt_len=None):
+    def poisoned(self, ids, prompt_len=None, first=0):
         calls["n"] += 1
-        loss = original(self, ids, prompt_len)
+        loss = original(self, ids, prompt_len, first)
         if calls["n"] > 25 and self.k == 3:
             return loss * torch.tensor([1.0, float("nan"), 1.0])
         return loss
@@ -516,8 +516,8 @@ def test_a_failed_run_of_a_packed_unit_is_recorded_for_that_step_only(tmp_path, 
     study = load_study(path)
     original = StackedQwen2.loss
 
-    def poisoned(self, ids, prompt_len=None):
-        loss = original(self, ids, prompt_len)
+    def poisoned(self, ids, prompt_len=None, first=0):
+        loss = original(self, ids, prompt_len, first)
         return loss * torch.tensor([1.0, float("nan")]) if self.k == 2 else loss
 
     monkeypatch.setattr(StackedQwen2, "loss", poisoned)

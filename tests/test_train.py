@@ -389,9 +389,9 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(small_data, t
     original = StackedQwen2.loss
     calls = {"n": 0}
 
-    def poisoned(self, ids, prompt_len=None):
+    def poisoned(self, ids, prompt_len=None, first=0):
         calls["n"] += 1
-        loss = original(self, ids, prompt_len)
+        loss = original(self, ids, prompt_len, first)
         return loss * math.nan if calls["n"] > 25 else loss
 
     monkeypatch.setattr(StackedQwen2, "loss", poisoned)

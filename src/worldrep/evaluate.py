@@ -402,8 +402,28 @@ def summarize(results: pd.DataFrame) -> dict[str, dict[str, float]]:
             entry["accuracy"] = float(value.mean())
         else:
             entry["mean_score"] = float(value.mean())
+        untrained = untrained_level(metric, rows["answer"]) if "answer" in rows else None
+        if untrained is not None:
+            entry["untrained"] = untrained
         summary[str(name)] = entry
     return summary
+
+
+def untrained_level(metric: str, answers: pd.Series) -> float | None:
+    """The headline metric of the best constant answer on these rows: the plateau of a model
+    that has learned the answers' format and distribution but nothing of the cities (the
+    median for an absolute error, the most common answer for accuracy). None where the
+    metric has no such level (scores, answers that are not numbers)."""
+    if len(answers) == 0:
+        return None
+    if metric == "accuracy":
+        return float(answers.astype(str).value_counts().iloc[0] / len(answers))
+    if metric == "error":
+        values = pd.to_numeric(answers, errors="coerce").to_numpy(np.float64)
+        if np.isnan(values).any():
+            return None
+        return float(np.abs(values - np.median(values)).mean())
+    return None
 
 
 def format_summary(summary: dict[str, dict[str, float]]) -> str:

@@ -133,20 +133,37 @@ def attention(q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
     [N, kv heads, T, D], the queries being the last L of the T positions. Without `mask`
     (bool, True = may attend, broadcast to [N, 1, L, T]) attention is causal.
 
-    One query per row (each step of greedy decoding) is a plain batched product: for a single
-    query, the fused CPU kernel spends more on bookkeeping than on arithmetic. On CPU it runs
-    in fp32 even under bf16 autocast: PyTorch's CPU flash-attention backward is many times
-    slower in bf16, and at these sizes attention costs little either way.
+    One query per row (each step of greedy decoding) is the explicit product: for a single
+    query the fused CPU kernel spends more on bookkeeping than on arithmetic. Under
+    `torch.compile` on CPU it is the explicit product too (in fp32, as below), which inductor
+    fuses with its neighbours: at these lengths the fused kernel's backward costs ~15 % of a
+    compiled step. Eager CPU training keeps the fused kernel: PyTorch's eager softmax backward
+    rounds differently with the number of threads, and a run must end with the same bytes
+    whatever thread count its process had. On CPU attention runs in fp32 even under bf16
+    autocast: the fused CPU backward is many times slower in bf16, and at these sizes
+    attention costs little either way.
     """
     n, heads, length, dim = q.shape
-    groups, total = heads // k.shape[1], k.shape[2]
-    if length == 1:
-        q = q.to(v.dtype).reshape(n, k.shape[1], groups, dim)  # query head h reads kv h // groups
-        scores = torch.matmul(q, k.to(v.dtype).transpose(-1, -2)) * dim ** -0.5
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = scores.softmax(-1, dtype=torch.float32).to(v.dtype)
-        return torch.matmul(weights, v).reshape(n, heads, 1, dim)
+    kv_heads, total = k.shape[1], k.shape[2]
+    groups = heads // kv_heads
+    if length == 1 or (q.device.type == "cpu" and torch.compiler.is_compiling()):
+        dtype = v.dtype if length == 1 else torch.float32
+        # query head h reads kv head h // groups: group the queries under their kv head
+        q = q.to(dtype).reshape(n, kv_heads, groups * length, dim)
+        scores = torch.matmul(q, k.to(dtype).transpose(-1, -2)) * dim ** -0.5
+        scores = scores.view(n, kv_heads, groups, length, total)
+        if mask is None and length > 1:  # causal; with an offset every earlier key is visible
+            mask = torch.ones(length, total, dtype=torch.bool, device=q.device).tril(
+                total - length)
+        if mask is not None:  # [N or 1, 1, L, T] or [L, T]: the group axis broadcasts
+            scores = scores.masked_fill(~(mask.unsqueeze(2) if mask.dim() == 4 else mask),
+                                        float("-inf"))
+        weights = scores.softmax(-1, dtype=torch.float32).to(dtype)
+        y = torch.matmul(weights.view(n, kv_heads, groups * length, total), v.to(dtype))
+        y = y.view(n, heads, length, dim)
+        if length > 1 and torch.is_autocast_enabled("cpu"):
+            y = y.to(torch.get_autocast_dtype("cpu"))
+        return y
     if mask is None and length < total:  # causal, offset: every earlier key is visible
         mask = torch.ones(length, total, dtype=torch.bool, device=q.device).tril(total - length)
     extra = {"enable_gqa": True} if groups > 1 else {}
@@ -298,26 +315,29 @@ class StackedQwen2(nn.Module):
                              b, t)
         return linear(rms_norm(x, self.norm, self.spec.rms_eps), self.lm_head)[0]
 
-    def token_loss(self, ids: torch.Tensor, prompt_len: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next-token cross-entropy [K, B, T-1] of right-padded rows ids [K, B, T], and which
-        positions count: every non-pad target after <bos> (the reference's full-sequence
+    def token_loss(self, ids: torch.Tensor, prompt_len: torch.Tensor | None = None,
+                   first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token cross-entropy [K, B, T-1-first] of right-padded rows ids [K, B, T], and
+        which positions count: every non-pad target after <bos> (the reference's full-sequence
         loss), or with `prompt_len` [K, B] only the targets after the answer '=' (<eos>
-        included)."""
+        included). Targets before `first` are left out (the LM head never sees their
+        positions): a caller that knows no counted target lies there saves the work."""
         k, b, t = ids.shape
-        h = self.hidden(ids)[:, :, :-1]
-        logits = linear(h.reshape(k, b * (t - 1), -1), self.lm_head)
-        targets = ids[:, :, 1:]
+        h = self.hidden(ids)[:, :, first:-1]
+        logits = linear(h.reshape(k, -1, h.shape[-1]), self.lm_head)
+        targets = ids[:, :, first + 1:]
         ce = F.cross_entropy(logits.float().reshape(-1, self.spec.vocab), targets.reshape(-1),
-                             reduction="none").view(k, b, t - 1)
+                             reduction="none").view(targets.shape)
         keep = targets != tokenizer.PAD
         if prompt_len is not None:
-            keep = keep & (torch.arange(1, t, device=ids.device) >= prompt_len[..., None])
+            keep = keep & (torch.arange(first + 1, t, device=ids.device) >= prompt_len[..., None])
         return ce, keep
 
-    def loss(self, ids: torch.Tensor, prompt_len: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-model mean token loss [K] (each model averages over its own counted tokens)."""
-        ce, keep = self.token_loss(ids, prompt_len)
+    def loss(self, ids: torch.Tensor, prompt_len: torch.Tensor | None = None,
+             first: int = 0) -> torch.Tensor:
+        """Per-model mean token loss [K] (each model averages over its own counted tokens);
+        `first` as in `token_loss`."""
+        ce, keep = self.token_loss(ids, prompt_len, first)
         keep = keep.to(ce.dtype)
         return (ce * keep).sum((1, 2)) / keep.sum((1, 2)).clamp(min=1)
 

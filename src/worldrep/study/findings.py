@@ -12,9 +12,12 @@ A study file lists its findings:
         band: {min: 3}                     # the band this study is held to (default: paper's)
 
 `evaluate(study, out)` computes every finding into one record
-`{id, claim, value, paper, band, paper_band, pass, details}`; the report writes them to
-`findings.json` and shows them first. A finding whose inputs are not done, or whose value is
-not a number, does not pass: it is reported, never hidden. Values are never typed in.
+`{id, claim, value, paper, band, paper_band, status, pass, details}`; the report writes them
+to `findings.json` and shows them first. `status` is one of three (`readiness` checks the
+models): "shown" (in its band), "not shown" (out of it, on models that learned what the
+finding needs: a result), or "inconclusive" (a model it reads is on its plateau or has no map
+to compare, or an input is missing: `details` names them, and `pass` is null). A finding
+without a band is descriptive (status null). Values are never typed in.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ import yaml
 from .. import artifacts
 from ..errors import WorldrepError
 from .load import Study
+from .readiness import describe, readiness
 
 FINDINGS_FILE = "findings.json"
 RULES = ("min", "max", "between", "within")
+SHOWN, NOT_SHOWN, INCONCLUSIVE = "shown", "not shown", "inconclusive"
 
 
 class NotMeasured(Exception):
@@ -374,15 +379,25 @@ def evaluate(study: Study, out: Path) -> list[dict]:
         paper_band = spec.get("paper_band")
         band = spec.get("band", paper_band)
         record = {"id": spec["id"], "claim": spec.get("claim", ""), "value": None,
-                  "paper": paper, "band": band, "paper_band": paper_band, "pass": None,
-                  "details": {}}
+                  "paper": paper, "band": band, "paper_band": paper_band, "status": None,
+                  "pass": None, "details": {}}
+        args = spec.get("args") or {}
         try:
-            value, details = MEASURES[spec["measure"]](ctx, **(spec.get("args") or {}))
-            record.update(value=value, details=details)
-            record["pass"] = check(value, band)
+            value, details = MEASURES[spec["measure"]](ctx, **args)
         except NotMeasured as err:
             record["details"] = {"not measured": str(err)}
-            record["pass"] = False if band is not None else None
+            record["status"] = INCONCLUSIVE if band is not None else None
+            records.append(record)
+            continue
+        record.update(value=value, details=details)
+        problems = readiness(study, ctx.out, spec["measure"], args)
+        if problems:  # a value from models that did not learn is evidence of nothing
+            record["status"] = INCONCLUSIVE
+            record["details"] = {**details, "inconclusive": describe(problems),
+                                 "models": problems}
+        elif band is not None:
+            record["pass"] = check(value, band)
+            record["status"] = SHOWN if record["pass"] else NOT_SHOWN
         records.append(record)
     return records
 

@@ -154,13 +154,14 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _verdict(ok) -> str:
-    return {True: "<td class='done'>pass</td>", False: "<td class='failed'>not shown</td>",
-            None: "<td class='muted'>—</td>"}[ok]
+def _verdict(status) -> str:
+    css = {"shown": "done", "not shown": "failed", "inconclusive": "muted"}.get(status, "muted")
+    return f"<td class='{css}'>{_e(status or '—')}</td>"
 
 
 def _findings(records: list[dict]) -> str:
-    """The first section: each finding, our value, the paper's, the band, pass or not."""
+    """The first section: each finding, our value, the paper's, the band, and its status:
+    shown, not shown (on models that learned), or inconclusive (naming why)."""
     if not records:
         return ""
     rows = []
@@ -168,17 +169,19 @@ def _findings(records: list[dict]) -> str:
         band = describe_band(r["band"])
         if r["paper_band"] is not None and r["paper_band"] != r["band"]:
             band += f" (paper's band: {describe_band(r['paper_band'])})"
-        note = r["details"].get("not measured", "")
+        note = r["details"].get("not measured") or r["details"].get("inconclusive") or ""
         rows.append(f"<tr><td><b>{_e(r['id'])}</b><br><span class='muted'>{_e(r['claim'])}"
                     f"</span></td><td class='num'>{_e(_fmt(r['value']))}"
                     f"{'<br><span class=muted>' + _e(note) + '</span>' if note else ''}</td>"
                     f"<td>{_e(_fmt(r['paper']))}</td><td>{_e(band)}</td>"
-                    f"{_verdict(r['pass'])}</tr>")
+                    f"{_verdict(r.get('status'))}</tr>")
     table = ("<table><tr><th>finding</th><th>this study</th><th>paper</th><th>band</th>"
-             "<th>pass</th></tr>" + "".join(rows) + "</table>")
+             "<th>status</th></tr>" + "".join(rows) + "</table>")
     return _section("Findings", table, "computed from this study's artifacts "
-                                       f"({FINDINGS_FILE}); a finding that does not show is "
-                                       "reported as not shown")
+                                       f"({FINDINGS_FILE}): shown, not shown (measured on "
+                                       "models that learned what the finding needs), or "
+                                       "inconclusive (a model it reads stayed on its plateau "
+                                       "or has no map; named under the value)")
 
 
 def _paper(records: list[dict]) -> str:
