@@ -227,13 +227,17 @@ class StackedQwen2(nn.Module):
         self.lm_head = nn.Parameter(torch.zeros(k, spec.vocab, spec.hidden))
         d = spec.head_dim
         inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # RoPE's cos and sin of every position, computed once (HF computes the same values
+        # per forward): a compiled step then reads them instead of evaluating cos and sin
+        # again inside every kernel that rotates a query or a key.
+        freqs = torch.arange(spec.max_positions, dtype=torch.float)[:, None] * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("rope_cos", emb.cos(), persistent=False)
+        self.register_buffer("rope_sin", emb.sin(), persistent=False)
 
     def _rope(self, positions: torch.Tensor, dtype):
         """cos, sin of positions [T] -> [T, D], or of per-row positions [N, T] -> [N, 1, T, D]."""
-        freqs = positions[..., None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+        cos, sin = self.rope_cos[positions].to(dtype), self.rope_sin[positions].to(dtype)
         return (cos[:, None], sin[:, None]) if cos.dim() == 3 else (cos, sin)
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:

@@ -282,3 +282,29 @@ def convergence_curves(path, summary, title: str = "") -> Path:
     ax.set_xticks(sorted(summary["n_tasks"].unique()))
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def learning_curves(path, long, r2: float = 0.9) -> Path:
+    """Left: each run's task progress (0 = the untrained level, 1 = perfect) against the
+    training step; right: its held-out probe R² in x (solid) and y (dashed), the map line at
+    `r2`. `long` has columns run, task, step and progress (tasks) or x, y (task 'probe')."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (run, part) in enumerate(long.groupby("run", sort=False)):
+        colour = colours[i % len(colours)]
+        for j, (task, curve) in enumerate(part[part["task"] != "probe"].groupby("task")):
+            left.plot(curve["step"], curve["progress"], color=colour,
+                      linestyle=["-", "--", ":", "-."][j % 4], label=f"{run}: {task}")
+        probe = part[part["task"] == "probe"]
+        right.plot(probe["step"], probe["x"], color=colour, label=f"{run}: x")
+        right.plot(probe["step"], probe["y"], color=colour, linestyle="--", label=f"{run}: y")
+    left.axhline(0, color="#999999", linewidth=0.8)
+    left.set(xlabel="step", ylabel="progress from untrained (0) to perfect (1)",
+             title="tasks leaving their plateau", ylim=(-0.2, 1.05))
+    right.axhline(r2, color="#999999", linewidth=0.8, linestyle=":")
+    right.set(xlabel="step", ylabel="held-out probe R²", title="the map forming",
+              ylim=(-0.2, 1.02))
+    for ax in (left, right):
+        ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)

@@ -552,6 +552,41 @@ class PCAKind(StepKind):
             pca_timeline(reps_series(path), pca, out, title=title)
 
 
+def _speed_model():
+    from ..analysis.speed import SpeedSpec
+
+    class SpeedStep(SpeedSpec):
+        probe: str  # a probe step over series of the runs' checkpoints
+        runs: list[str] = pydantic.Field(min_length=1)  # train steps (labelled by name)
+
+    return SpeedStep
+
+
+@register_kind
+class SpeedKind(StepKind):
+    """How fast runs learn: the step and seconds at which each task leaves its plateau, and
+    at which the probe finds a map (analysis/speed.py)."""
+
+    name = "speed"
+    section = "analyses"
+    Spec = _Lazy(_speed_model)
+    code = ("worldrep.analysis.speed",)
+    OWN = ("probe", "runs")
+
+    def refs(self, spec):
+        return [Ref("probe", spec["probe"], ("probe",))] + [
+            Ref(f"runs[{i}]", run, ("train",)) for i, run in enumerate(spec["runs"])]
+
+    def run(self, spec, inputs, out):
+        import pandas as pd
+
+        from ..analysis.speed import SpeedSpec, learning_speed
+
+        probes = pd.read_csv(inputs[spec["probe"]] / "metrics.csv")
+        learning_speed({run: inputs[run] for run in spec["runs"]}, probes,
+                       _analysis_spec(SpeedSpec, spec, self.OWN), out)
+
+
 def _atlantis_model():
     return _with_reps("atlantis", "AtlantisSpec", 1)
 

@@ -54,6 +54,8 @@ def write_report(study: Study, out: Path, path: Path | None = None) -> Path:
     sections = [
         _overview(study, out, states),
         _findings(records),
+        _world_inside(study, dirs, states),
+        _speed(study, dirs, states),
         _paper(records),
         _training(study, dirs, states),
         _task_metrics(study, dirs, states),
@@ -321,7 +323,8 @@ def _probes(study: Study, dirs: dict[str, Path], states) -> str:
                                 "test_median_error", "n_train", "n_test") if c in frame]
             tables.append(frame[keep].assign(probe=step.name))
             labels = [str(v) for v in frame.get("label", [])]
-        figs += [(p, f"{step.name}: {p.stem}") for p in _in_label_order(d.glob("*.png"), labels)]
+        figs += [(p, f"{step.name}: {p.stem}") for p in _in_label_order(d.glob("*.png"), labels)
+                 if _is_last_checkpoint(p, labels)]
     body = ""
     if tables:
         frame = pd.concat(tables, ignore_index=True)
@@ -330,6 +333,88 @@ def _probes(study: Study, dirs: dict[str, Path], states) -> str:
     return _section("World maps from linear probes", body,
                     "held-out cities: true position (grey) and probe prediction; R² per "
                     "coordinate on test cities")
+
+
+def _is_last_checkpoint(path: Path, labels: list[str]) -> bool:
+    """A probe over a series of checkpoints draws a map for each: the section shows the
+    last one of each model (the table lists them all)."""
+    series = [label for label in labels if "/checkpoint-" in label]
+    if not series:
+        return True
+    last: dict[str, str] = {}
+    for label in series:  # labels run in step order within each model
+        last[label.split("/")[0]] = label
+    keep = {_safe_name(label) for label in last.values()}
+    plain = {_safe_name(label) for label in labels if "/checkpoint-" not in label}
+    stem = path.stem.removeprefix("map_")
+    return any(stem.startswith(f"{k}_l") for k in keep | plain)
+
+
+def _safe_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def _best_map(study: Study, probe: str, d: Path, label: str) -> tuple[Path, str] | None:
+    """The map of `label`'s last checkpoint at its best layer (the higher of its two R²'s
+    lower), with a caption of its held-out R²."""
+    frame = pd.read_csv(d / "metrics.csv")
+    model = frame["label"].astype(str).str.split("/").str[0]
+    rows = frame[model == label]
+    if rows.empty:
+        return None
+    last = rows[rows["label"] == rows["label"].iloc[-1]]
+    row = last.loc[last[["x_test_r2", "y_test_r2"]].min(axis=1).idxmax()]
+    name = f"map_{_safe_name(str(row['label']))}_l{str(row['layers']).replace(',', '-')}.png"
+    path = d / (name if (d / name).is_file() else "map.png")
+    if not path.is_file():
+        return None
+    return path, (f"{row['label']}, layer {row['layers']}: probe predictions of held-out "
+                  f"cities (coloured by region) against their true positions (grey); "
+                  f"R² x {row['x_test_r2']:.2f}, y {row['y_test_r2']:.2f} ({probe})")
+
+
+def _world_inside(study: Study, dirs, states) -> str:
+    """The study's main map first: the world-map findings' models, as a probe reads them."""
+    figs = []
+    for f in study.findings:
+        args = f.get("args") or {}
+        if f.get("measure") != "probe_r2_min" or not isinstance(args.get("probes"), str):
+            continue
+        probe = args["probes"]
+        if probe not in states or states[probe].state != "done":
+            continue
+        labels = args.get("labels") or []
+        for label in labels if isinstance(labels, list) else [labels]:
+            found = _best_map(study, probe, dirs[probe], label)
+            if found:
+                figs.append(found)
+    return _section("The world inside the model", _figs(figs),
+                    "a linear probe of the residual stream, fitted on some cities and shown "
+                    "on others it never saw")
+
+
+def _speed(study: Study, dirs, states) -> str:
+    body = ""
+    for step in _done(study, states, "speed"):
+        d = dirs[step.name]
+        frame = pd.read_csv(d / "speed.csv")
+        seconds = d / "seconds.jsonl"
+        if seconds.is_file():  # measured seconds beside the steps (a log, not a result)
+            timing = {(t["run"], task): (t["map_s"], s) for t in map(json.loads,
+                      seconds.read_text().splitlines()) for task, s in t["plateau_s"].items()}
+            frame["plateau_s"] = [timing.get((r, t), (None, None))[1]
+                                  for r, t in zip(frame["run"], frame["task"], strict=True)]
+            frame["map_s"] = [timing.get((r, t), (None, None))[0]
+                              for r, t in zip(frame["run"], frame["task"], strict=True)]
+        keep = [c for c in ("run", "task", "metric", "untrained", "best", "plateau_step",
+                            "plateau_s", "map_x_step", "map_y_step", "map_step", "map_s",
+                            "final_x_r2", "final_y_r2") if c in frame]
+        body += _table(frame[keep]) + _figs([(p, f"{step.name}: {p.stem}")
+                                             for p in sorted(d.glob("*.png"))])
+    return _section("How fast it learned", body,
+                    "the step (and training seconds) at which each task left its plateau "
+                    "(halfway from the best constant answer to its best) and at which the "
+                    "held-out probe R² reached the map threshold in x, in y and in both")
 
 
 def _in_label_order(paths: Iterable[Path], labels: list[str]) -> list[Path]:
@@ -377,7 +462,7 @@ def _pca(study: Study, dirs, states) -> str:
 
 def _other_kinds(study: Study, dirs, states) -> str:
     known = {"world", "dataset", "mixture", "train", "eval", "reps", "probe", "cka", "atlantis",
-             "ni", "pca", "convergence"}
+             "ni", "pca", "convergence", "speed"}
     figs = []
     for step in study.steps.values():
         if step.kind not in known and states[step.name].state == "done":
