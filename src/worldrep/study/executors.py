@@ -289,6 +289,8 @@ def _cluster_name(executor) -> str:
 
 def make_backend(executor: str, study: Study, out: Path, jobs: int = 1,
                  resources: dict[str, Resources] | None = None, cluster: str | None = None):
+    if jobs < 1:
+        raise WorldrepError(f"--jobs is a number of worker processes >= 1 (got {jobs})")
     if executor == "local":
         return InProcess() if jobs <= 1 else ProcessPool(jobs, study.plugins)
     if executor == "slurm":

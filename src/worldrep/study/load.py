@@ -150,8 +150,9 @@ def load_study(path: str | Path, scale: float = 1.0, sources: Sources | None = N
     settings (`KIND.KEY=VALUE` for every step of a kind, `KEY=VALUE` for the study file);
     `sources` is where the code that step identities cover is read (default: this worldrep)."""
     path = resolve_study_path(path)
-    if not scale >= 1:
-        raise WorldrepError(f"--scale must be >= 1 (it divides sizes and steps), got {scale}")
+    if not 1 <= scale < float("inf"):
+        raise WorldrepError(f"--scale must be a finite number >= 1 (it divides sizes and "
+                            f"steps), got {scale}")
     raw = load_yaml(path)
     if isinstance(raw.get("plugins"), list):  # their kinds may be named by overrides
         import_plugins([str(m) for m in raw["plugins"]])

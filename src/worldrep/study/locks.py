@@ -15,11 +15,13 @@ unlock` clears such locks once their runner is known to be gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SUFFIX = ".lock"
@@ -195,3 +197,27 @@ def describe(info: dict) -> str:
     else:
         who = f"{job} (queued)" if job else "unknown holder"
     return who + since
+
+
+@contextlib.contextmanager
+def holding(path: Path, what: str = "written") -> Iterator[None]:
+    """Hold the lock of the directory `path` (the one a study runner takes for a step) for a
+    command that writes it; a WorldrepError naming the holder if another process has it. A
+    lock this process already holds (a runner's stage) is used as it is, and kept."""
+    from ..errors import WorldrepError
+
+    path = Path(path)
+    if mine(read(path)):
+        yield
+        return
+    try:
+        holder = acquire(path)
+    except OSError as err:
+        raise WorldrepError(f"cannot lock {path}: {err.strerror} ({lock_file(path)})") from None
+    if holder is not None:
+        raise WorldrepError(f"{path} is being {what} by another process ({describe(holder)}); "
+                            f"wait for it to finish, or if it is gone: worldrep unlock {path}")
+    try:
+        yield
+    finally:
+        release(path)
