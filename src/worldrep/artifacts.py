@@ -198,13 +198,14 @@ def check_out(out: str | Path, kind: str | None = None, marker: str | None = Non
                         "(nothing was written or removed)")
 
 
-def check_not_input(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+def check_not_input(out: str | Path, inputs: dict[str, str | Path | None] | list[tuple]
+                    ) -> None:
     """No command writes into one of its own inputs: `out` may be neither an input, nor
-    inside one, nor hold one."""
+    inside one, nor hold one. `inputs`: what -> path, or (what, path) pairs."""
     from .errors import WorldrepError
 
     target = resolve_out(out)
-    for what, path in inputs.items():
+    for what, path in (inputs.items() if isinstance(inputs, dict) else inputs):
         if path is None:
             continue
         source = resolve_out(path)

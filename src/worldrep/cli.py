@@ -53,17 +53,13 @@ def friendly(fn):
     return wrapper
 
 
-def _paths(items) -> dict[str, str]:
-    """Input paths of LABEL=PATH[:N] style arguments, for `check_not_input`."""
-    found = {}
-    for item in items or []:
-        text = str(item).rpartition("=")[2]
-        found[str(item)] = text
-    return found
+def _paths(items) -> list[tuple[str, str]]:
+    """Input paths of LABEL=PATH style arguments, for `check_not_input`."""
+    return [("input", str(item).rpartition("=")[2]) for item in items or []]
 
 
 @contextlib.contextmanager
-def _writing(out: Path, kind: str | None = None, inputs: dict | None = None,
+def _writing(out: Path, kind: str | None = None, inputs: dict | list | None = None,
              check: bool = True) -> Iterator[Path]:
     """Where a command writes: `out` resolved, checked to be new, empty or an artifact of
     `kind` (if `check`), not one of the command's `inputs`, and locked for the command."""
@@ -142,7 +138,7 @@ def data_mix(
 
     sources = [parse_source(s) for s in (source or [])]
     spec = load_config(MixSpec, config, sources=sources or None, mode=mode, seed=seed)
-    with _writing(out, "mixture", {f"source {s.path}": s.path for s in spec.sources}) as target:
+    with _writing(out, "mixture", [("source", s.path) for s in spec.sources]) as target:
         make_mixture(spec, target)
     typer.echo(f"mixture written to {out}")
 
@@ -315,7 +311,7 @@ def analyze_probe(
     spec = load_config(ProbeSpec, config, method=method, layers=layer or None,
                        each_layer=each_layer or None, n_train=n_train, n_test=n_test,
                        cities=cities, seed=seed)
-    with _writing(out, "probe", {**_paths(reps), "world": world}) as target:
+    with _writing(out, "probe", [*_paths(reps), ("world", world)]) as target:
         run_probe(labelled(reps, "reps"), world, spec, target)
     typer.echo(f"probes written to {out}")
 

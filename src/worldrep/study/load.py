@@ -30,7 +30,7 @@ import pydantic
 
 from ..config import Strict, load_yaml, parse_config
 from ..errors import WorldrepError
-from .grid import expand, render
+from .grid import MAX_STEPS, expand, grid_size, render
 from .identity import Sources, StepIdentity, task_modules, without
 from .kinds import get_kind
 
@@ -38,6 +38,7 @@ SECTIONS = {"worlds": "world", "datasets": "dataset", "mixtures": "mixture", "ru
             "evals": "eval", "analyses": None, "steps": None}
 RESERVED = ("name", "grid", "where", "use", "kind")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
+MAX_NAME = 120  # characters: a step's files add a hash and suffixes, file names stop at 255
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "studies"  # shipped inside the package
 
 
@@ -68,6 +69,8 @@ class StudyFile(Strict):
     # auto: train compatible runs that are ready together as one pack (worldrep.packplan)
     pack: Literal["auto", "off"] = "off"
     pack_limit: int = pydantic.Field(42, ge=1)  # at most this many runs in one pack
+    # a study expands to at most this many steps (checked before any grid is expanded)
+    max_steps: int = pydantic.Field(MAX_STEPS, ge=1)
     world: dict | None = None
     worlds: list[dict] = pydantic.Field(default_factory=list)
     datasets: list[dict] = pydantic.Field(default_factory=list)
@@ -165,6 +168,9 @@ def load_study(path: str | Path, scale: float = 1.0, sources: Sources | None = N
     for section in SECTIONS:
         for i, decl in enumerate(getattr(sf, section)):
             builder.declare(section, f"{section}[{i}]", decl)
+    if not builder.steps:
+        raise WorldrepError(f"{path}: the study declares no steps; declare a world, datasets, "
+                            "runs, evals or analyses (see `worldrep plan quickstart`)")
     steps = builder.link()
     return Study(name=sf.name or path.stem, path=path, scale=scale, steps=steps,
                  resources=sf.resources, plugins=sf.plugins, description=sf.description,
@@ -257,9 +263,15 @@ class _Builder:
         if kind is None:
             raise self.fail(f"{label} '{decl['name']}'", f"'{section}' entries need a 'kind'")
         label = f"{label} '{decl['name']}'"
+        room = self.sf.max_steps - len(self.steps)
         try:
             body = self.templated_body(decl)
-            bindings_list = list(expand(decl.get("grid"), decl.get("where"), self.sf.lists))
+            if grid_size(decl.get("grid"), self.sf.lists, room) > room:
+                raise WorldrepError(
+                    f"the grid expands to more than the {room:,} steps left of the study's "
+                    f"max_steps ({self.sf.max_steps:,}); raise max_steps if this is meant")
+            bindings_list = list(expand(decl.get("grid"), decl.get("where"), self.sf.lists,
+                                        limit=room))
         except WorldrepError as err:
             raise self.fail(label, str(err)) from None
         if not bindings_list:
@@ -286,6 +298,13 @@ class _Builder:
         return deep_merge(body, {k: v for k, v in decl.items() if k not in RESERVED})
 
     def add(self, kind_name: str, name: str, body: dict, origin: str, group: str) -> None:
+        if len(name) > MAX_NAME:
+            raise self.fail(f"step '{name[:40]}...' ({origin})",
+                            f"a step name is at most {MAX_NAME} characters (this one has "
+                            f"{len(name)})")
+        if len(self.steps) >= self.sf.max_steps:
+            raise self.fail(origin, f"the study has more than max_steps "
+                            f"({self.sf.max_steps:,}) steps; raise max_steps if this is meant")
         where = f"step '{name}' ({origin})"
         if not NAME.fullmatch(name):
             raise self.fail(where, "a step name is letters, digits and _ . + = - "
