@@ -145,7 +145,28 @@ def step_state(path: Path, step: Step | None = None, versions: dict | None = Non
     if failed:
         return StepState("failed", failed.get("error"), failed)
     why = due_reason(step, versions or {}, path) if step is not None else None
+    resume = resume_step(path)
+    if resume is not None:
+        why = f"resumes at step {resume}" + (f" ({why})" if why and why != "new" else "")
     return StepState("pending", why)
+
+
+def resume_step(path: Path) -> int | None:
+    """The step a half-trained run in `path` resumes at: that of the newest checkpoint its
+    resume state was written after (resume/state.pt follows each checkpoint), else None."""
+    state = path / "resume" / "state.pt"
+    try:
+        written = state.stat().st_mtime_ns
+    except OSError:
+        return None
+    steps = []
+    for info in path.glob("checkpoints/checkpoint-*/worldrep.json"):
+        try:
+            if info.stat().st_mtime_ns <= written:
+                steps.append(int(json.loads(info.read_text())["step"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return max(steps) if steps else None
 
 
 def study_states(study: Study, out: Path) -> dict[str, StepState]:
@@ -156,6 +177,10 @@ def study_states(study: Study, out: Path) -> dict[str, StepState]:
         if step.kind not in versions:
             versions[step.kind] = finished_versions(out, step.kind)
         state = step_state(study.step_dir(out, step), step, versions[step.kind])
+        stale = next((d for d in step.deps if states[d].state != "done"), None)
+        if state.state == "done" and stale:  # made from an input that is no longer done:
+            state = StepState("blocked", f"made from '{stale}', which is {states[stale].state} "
+                              "now; redone once it is done")  # never quoted as a result
         if state.state == "pending":
             bad = next((d for d in step.deps if states[d].state in ("failed", "blocked")), None)
             if bad:
