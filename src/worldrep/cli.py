@@ -69,9 +69,9 @@ def _writing(out: Path, kind: str | None = None, inputs: dict | list | None = No
     target = artifacts.resolve_out(out)
     if target.exists() and not target.is_dir():
         artifacts.check_out(out, kind)  # the error for a file
+    artifacts.check_not_input(out, inputs or {})
     if check:
         artifacts.check_out(out, kind)
-    artifacts.check_not_input(out, inputs or {})
     with locks.holding(target):
         yield target
 
@@ -570,8 +570,8 @@ def study_unlock(
     from .study import locks
     from .study.cache import clear_locks, held_locks
 
-    if study is not None and out is None and Path(study).is_dir() and \
-            not (Path(study) / "study.json").is_file():
+    plain = study is not None and out is None and not (Path(study) / "study.json").is_file()
+    if plain and (Path(study).is_dir() or locks.lock_file(Path(study)).exists()):
         path = Path(study)
         info = locks.read(path)
         if info is None:

@@ -51,8 +51,8 @@ def _one(world: World, term: str) -> np.ndarray:
         try:
             ids = [int(v) for v in arg.split(",")]
         except ValueError:
-            raise WorldrepError(f"bad ids '{arg}'; expected ids:ID[,ID] with integer city "
-                                "ids, e.g. ids:1001,1002") from None
+            raise WorldrepError(f"bad selector 'ids:{arg}'; expected ids:ID[,ID] with integer "
+                                "city ids, e.g. ids:1001,1002") from None
         return np.isin(world.ids, ids)
     raise WorldrepError(f"unknown selector '{term}'; allowed: {', '.join(FORMS)}")
 

@@ -266,10 +266,12 @@ class _Builder:
         room = self.sf.max_steps - len(self.steps)
         try:
             body = self.templated_body(decl)
-            if grid_size(decl.get("grid"), self.sf.lists, room) > room:
+            size = grid_size(decl.get("grid"), self.sf.lists, room)
+            if size > room:
                 raise WorldrepError(
-                    f"the grid expands to more than the {room:,} steps left of the study's "
-                    f"max_steps ({self.sf.max_steps:,}); raise max_steps if this is meant")
+                    f"the grid expands to {size:,} or more steps; the study may have "
+                    f"{room:,} more (max_steps {self.sf.max_steps:,}; raise it if this is "
+                    "meant)")
             bindings_list = list(expand(decl.get("grid"), decl.get("where"), self.sf.lists,
                                         limit=room))
         except WorldrepError as err:

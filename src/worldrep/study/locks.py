@@ -66,7 +66,16 @@ def process_alive(pid: int, start: str | None = None) -> bool:
         return False
     except PermissionError:
         pass
+    if _zombie(pid):  # ended; nobody reaped it yet (a container's init may never do)
+        return False
     return start is None or _process_start(pid) in (None, start)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 _QUEUE: dict[str, object] = {"time": 0.0, "ids": None}

@@ -75,7 +75,10 @@ def input_problem(job: StepJob) -> str | None:
 def _claim(job: StepJob) -> Outcome | None:
     """Lock the step and check it may run; an Outcome when it must not run here."""
     out = Path(job.out)
-    holder = locks.acquire(out, locks.me(step=job.name), job.lock_token)
+    try:
+        holder = locks.acquire(out, locks.me(step=job.name), job.lock_token)
+    except OSError as err:  # a read-only or full output directory
+        return Outcome(job.name, FAILED, f"cannot lock {out}: {err.strerror}")
     if holder is not None:
         return Outcome(job.name, LOCKED, f"running elsewhere: {locks.describe(holder)}")
     if artifacts.is_complete(out):  # checked again under the lock: finished meanwhile
