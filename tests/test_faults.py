@@ -488,3 +488,11 @@ def test_a_failed_input_makes_its_dependents_not_done(tmp_path, fake_log):
     states = cache.study_states(study, out)
     assert states["a"].state == "failed" and states["b"].state == "blocked"
     assert "'a'" in states["b"].why
+
+
+def test_run_refuses_a_directory_that_is_not_a_studys_output(tmp_path, fake_log):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("x")
+    refused(*cli("run", study_with(tmp_path, a={}), "--out", mine), "not a study's output")
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]

@@ -32,6 +32,10 @@ def remember(out: Path, study: Study) -> None:
               "overrides": study.overrides}
     if recall(out) == record:
         return
+    if out.is_file() or (out.is_dir() and not (out / RECORD).is_file() and any(
+            p for p in out.iterdir() if not p.name.startswith("."))):
+        raise WorldrepError(f"--out {out} exists and is not a study's output directory (no "
+                            f"{RECORD}); choose a new or empty directory (nothing was written)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         artifacts.write_json_atomic(out / RECORD, record)
