@@ -284,21 +284,44 @@ TRAIN_STUDY = {
 }
 
 
-def test_status_says_where_a_half_trained_run_resumes(tmp_path):
+def test_status_says_when_a_resume_state_is_damaged(tmp_path):
     path = write_yaml(tmp_path / "study.yaml", TRAIN_STUDY)
-    study = load_study(path)
     out = tmp_path / "out"
-    run = study.step_dir(out, "r")
-    for step in (0, 10, 20):  # what a run killed after its checkpoint at step 20 leaves
-        ckpt = run / "checkpoints" / f"checkpoint-{step}"
-        ckpt.mkdir(parents=True)
-        (ckpt / "worldrep.json").write_text(json.dumps({"step": step}))
+    run = load_study(path).step_dir(out, "r")
+    (run / "checkpoints" / "checkpoint-20").mkdir(parents=True)
     (run / "resume").mkdir()
-    (run / "resume" / "state.pt").write_bytes(b"state")
+    (run / "resume" / "state.pt").write_bytes(os.urandom(64))
     code, output = cli("status", path, "--out", out)
-    assert code == 0, output
     line = next(line for line in output.splitlines() if " r " in f"{line} ")
-    assert "pending" in line and "resumes at step 20" in line and "new" not in line
+    assert code == 0 and "pending" in line and "state.pt cannot be read" in line, output
+
+
+def test_a_runner_killed_mid_training_leaves_a_state_status_tells_truthfully(tmp_path):
+    long_run = {**TRAIN_STUDY, "runs": [{**TRAIN_STUDY["runs"][0], "steps": 5000,
+                                         "checkpoints": {"every": 10}}]}
+    path = write_yaml(tmp_path / "study.yaml", long_run)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "worldrep.cli", "run", str(path), "--out",
+                             str(out), "--no-report"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    run = load_study(path).step_dir(out, "r")
+    try:
+        deadline = time.time() + 180
+        while not (run / "checkpoints" / "checkpoint-20").is_dir() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)  # mid-training, wherever it is now
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (run / "checkpoints" / "checkpoint-20").is_dir() and not artifacts.is_complete(run)
+    code, output = cli("status", "--out", out)
+    line = next(line for line in output.splitlines() if " r " in f"{line} ")
+    assert code == 0 and "pending" in line and "new" not in line, output
+    resumes = int(line.split("resumes at step ")[1].split()[0])
+    import torch
+
+    state = torch.load(run / "resume" / "state.pt", weights_only=True)
+    assert resumes == state["step"] >= 20
 
 
 # -- 4. every bad input is one line and exit 2 --------------------------------------------------------

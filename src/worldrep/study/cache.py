@@ -148,25 +148,23 @@ def step_state(path: Path, step: Step | None = None, versions: dict | None = Non
     resume = resume_step(path)
     if resume is not None:
         why = f"resumes at step {resume}" + (f" ({why})" if why and why != "new" else "")
+    elif (path / "resume" / "state.pt").is_file():
+        why = f"{why}; its resume/state.pt cannot be read (training will name its checkpoints)"
     return StepState("pending", why)
 
 
 def resume_step(path: Path) -> int | None:
-    """The step a half-trained run in `path` resumes at: that of the newest checkpoint its
-    resume state was written after (resume/state.pt follows each checkpoint), else None."""
+    """The step a half-trained run in `path` resumes at (read from its resume state, which
+    follows each checkpoint), or None when it has none."""
     state = path / "resume" / "state.pt"
-    try:
-        written = state.stat().st_mtime_ns
-    except OSError:
+    if not state.is_file():
         return None
-    steps = []
-    for info in path.glob("checkpoints/checkpoint-*/worldrep.json"):
-        try:
-            if info.stat().st_mtime_ns <= written:
-                steps.append(int(json.loads(info.read_text())["step"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return max(steps) if steps else None
+    try:
+        import torch
+
+        return int(torch.load(state, map_location="cpu", weights_only=True)["step"])
+    except Exception:  # noqa: BLE001 - damaged: training says so, naming the checkpoints
+        return None
 
 
 def study_states(study: Study, out: Path) -> dict[str, StepState]:
