@@ -104,14 +104,20 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+# Written into an artifact after its manifest, by others: an offline Weights & Biases run's
+# logs, and a run's evaluations (`worldrep eval` writes RUN/evals/ by default). Not listed.
+UNLISTED = ("wandb", "evals")
+
+
 def file_digests(directory: str | Path) -> dict[str, dict]:
-    """relative path -> {size, blake2b} of every file under `directory` but its manifest and
-    the temporary files of writers."""
+    """relative path -> {size, blake2b} of every file under `directory` but its manifest, the
+    temporary files of writers and what UNLISTED names."""
     directory = Path(directory)
     found = {}
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory).as_posix()
-        if not path.is_file() or rel == MANIFEST or ".tmp-" in path.name:
+        if (not path.is_file() or rel == MANIFEST or ".tmp-" in path.name
+                or rel.split("/", 1)[0] in UNLISTED):
             continue
         found[rel] = {"size": path.stat().st_size, "blake2b": file_digest(path)}
     return found
