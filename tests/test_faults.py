@@ -248,11 +248,12 @@ def gone(pid: int) -> bool:
 def test_workers_die_with_a_killed_runner(tmp_path, fake_log):
     path = write_yaml(tmp_path / "study.yaml", {
         "name": "slow", "plugins": ["study_fakes"], "lists": {"xs": [1, 2]},
-        "steps": [{"name": "a-{x}", "kind": "fake", "grid": {"x": "xs"}, "files": 200,
-                   "sleep": 0.2}]})
+        "steps": [{"name": "a-{x}", "kind": "fake", "grid": {"x": "xs"}, "files": 400,
+                   "sleep": 0.5}]})  # far longer than the wait below: they must be killed
     proc = subprocess.Popen([sys.executable, "-m", "worldrep.cli", "run", str(path), "--out",
                              str(tmp_path / "out"), "--jobs", "2", "--no-report"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
     try:
         deadline = time.time() + 120
         while not fake_log.exists() and time.time() < deadline:
@@ -261,7 +262,7 @@ def test_workers_die_with_a_killed_runner(tmp_path, fake_log):
         workers = [c for c in children(proc.pid) if "spawn_main" in
                    Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
         assert workers
-        proc.kill()  # the runner alone: its workers are not signalled by anyone else
+        proc.kill()  # the runner alone: nobody else signals its workers
         proc.wait()
         deadline = time.time() + 60
         while not all(gone(w) for w in workers) and time.time() < deadline:
@@ -269,8 +270,9 @@ def test_workers_die_with_a_killed_runner(tmp_path, fake_log):
         assert all(gone(w) for w in workers), workers
     finally:
         proc.kill()
-        for w in children(proc.pid):
-            os.kill(w, signal.SIGKILL)
+        for w in workers:
+            if not gone(w):
+                os.kill(w, signal.SIGKILL)
     study = load_study(path)
     states = cache.study_states(study, tmp_path / "out")
     assert {s.state for s in states.values()} == {"pending"}  # dead holders: nobody runs them
