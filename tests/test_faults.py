@@ -185,6 +185,31 @@ def test_every_writer_waits_for_the_lock(tmp_path, world_dir, small_data, train_
     assert not out.exists() and not leftovers(tmp_path)
 
 
+def test_a_second_train_on_one_out_is_refused_while_the_first_runs(tmp_path, small_data,
+                                                                   train_yaml):
+    """Two `worldrep train ... --out X`: the second stops at once; X holds one run's records."""
+    spec = yaml.safe_load(train_yaml.read_text())
+    long = write_yaml(tmp_path / "long.yaml", {**spec, "steps": 20_000,
+                                               "checkpoints": {"every": 10}})
+    out = tmp_path / "x"
+    first = subprocess.Popen([sys.executable, "-m", "worldrep.cli", "train", str(long),
+                              "--data", str(small_data), "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.jsonl").is_file() and time.time() < deadline:
+            time.sleep(0.05)
+        assert locks.read(out)["pid"] == first.pid
+        refused(*cli("train", long, "--data", small_data, "--out", out),
+                f"pid {first.pid}", "being written")
+    finally:
+        first.kill()
+        first.wait()
+    starts = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+              if '"start"' in line]
+    assert len(starts) == 1
+
+
 def test_unlock_shows_and_clears_a_directory_lock(tmp_path):
     out = tmp_path / "run"
     hold_for_live_process(out)
@@ -460,6 +485,22 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch, 
     report = run_study(study, tmp_path / "out", log=lambda _: None)
     assert "could not be written" in report.failed["a"]
     assert not leftovers(tmp_path / "out")
+
+
+def test_a_write_that_fails_midway_leaves_no_temporary(tmp_path):
+    from worldrep.train import _write_atomic
+
+    target = tmp_path / "resume" / "state.pt"
+    target.parent.mkdir()
+    target.write_bytes(b"old state")
+
+    def half_then_full(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        _write_atomic(target, half_then_full)  # how resume/state.pt is written
+    assert target.read_bytes() == b"old state" and not leftovers(tmp_path)
 
 
 def test_a_finished_study_runs_in_a_directory_it_cannot_write(tmp_path, fake_log, monkeypatch):

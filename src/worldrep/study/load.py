@@ -12,6 +12,8 @@ Top-level keys of a study file:
   name, description, seed, out, plugins (modules registering extra step kinds),
   lists (named value lists for grids), templates (named bodies a declaration can `use`),
   defaults (per step kind), resources (per step kind, for the slurm executor),
+  max_steps (the most steps the study may expand to, default 100,000; checked before any
+  grid is expanded),
   world (one world, named 'world') or worlds, datasets, mixtures, runs, evals, analyses,
   steps (any kind, given by `kind:`).
 """
