@@ -158,6 +158,10 @@ def test_eval_and_analyses_refuse_a_foreign_out_before_any_work(tmp_path, small_
     refused(*cli("analyze", "probe", tmp_path / "no-reps", "--out", foreign),
             "not a worldrep artifact")
     assert [p.name for p in foreign.iterdir()] == ["n.txt"]
+    run = tmp_path / "run"
+    refused(*cli("eval", run, "--data", small_data, "--out", run), "never into the run")
+    refused(*cli("eval", run, "--data", small_data, "--out", run / "checkpoints"),
+            "never into the run")
 
 
 # -- 2. one lock for every writer ------------------------------------------------------------------
