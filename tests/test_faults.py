@@ -377,6 +377,18 @@ def test_bad_grids_and_where_are_refused_at_load(tmp_path, body, words):
     refused(*cli("plan", path), *words)
 
 
+def test_for_lists_cannot_multiply_without_bound(tmp_path, monkeypatch):
+    from worldrep.study import grid
+    from worldrep.study import load as load_module
+
+    monkeypatch.setattr(grid, "MAX_RENDERED", 5_000)  # 10,000,000 by default
+    monkeypatch.setattr(load_module, "MAX_RENDERED", 5_000)
+    inner = {"for": {"j": {"range": [0, 100]}}, "item": "{j}"}
+    body = {"grid": {"x": {"range": [0, 10]}},  # 10 steps x 100 x 100 values
+            "inputs": [{"for": {"i": {"range": [0, 100]}}, "item": [inner]}]}
+    refused(*cli("plan", study_with(tmp_path, **{"s-{x}": body})), "5,000 values")
+
+
 def test_max_steps_is_configurable(tmp_path):
     path = study_with(tmp_path, **{"s-{x}": {"grid": {"x": {"range": [0, 30]}}}})
     assert cli("plan", path)[0] == 0

@@ -24,6 +24,7 @@ ACCESSOR = re.compile(r"\[(\d+)\]|\.([A-Za-z_]\w*)")
 GENERATORS = ("pairs", "triples", "combinations", "permutations", "range")
 MAX_STEPS = 100_000  # the default cap on a study's steps (a study file's max_steps)
 MAX_TEXT = 1_000  # the longest string or list a `where` expression may build
+MAX_RENDERED = 10_000_000  # values a study's rendered step bodies may hold in all
 
 
 class GridValue:
@@ -109,34 +110,44 @@ def _lookup(name: str, accessors: str, bindings: dict[str, GridValue]) -> GridVa
     return value
 
 
-def render(obj: Any, bindings: dict[str, GridValue], lists: dict[str, list] | None = None) -> Any:
-    """Substitute placeholders in every string of a nested structure; expand `for` items."""
+def render(obj: Any, bindings: dict[str, GridValue], lists: dict[str, list] | None = None,
+           budget: list[int] | None = None) -> Any:
+    """Substitute placeholders in every string of a nested structure; expand `for` items.
+    `budget` ([n]) is the number of values rendering may still make (shared by a study's
+    steps, so that `for` lists cannot multiply without bound)."""
+    if budget is not None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise WorldrepError(f"the study's steps hold more than {MAX_RENDERED:,} values "
+                                "once their templates and 'for' lists are expanded")
     if isinstance(obj, str):
         whole = PLACEHOLDER.fullmatch(obj)
         if whole:
             return _lookup(whole.group(1), whole.group(2), bindings).native()
         return PLACEHOLDER.sub(lambda m: _lookup(m.group(1), m.group(2), bindings).text(), obj)
     if isinstance(obj, dict):
-        return {render(k, bindings, lists): render(v, bindings, lists) for k, v in obj.items()}
+        return {render(k, bindings, lists, budget): render(v, bindings, lists, budget)
+                for k, v in obj.items()}
     if isinstance(obj, list):
         out: list = []
         for item in obj:
             if isinstance(item, dict) and "for" in item:
-                out.extend(_render_for(item, bindings, lists or {}))
+                out.extend(_render_for(item, bindings, lists or {}, budget))
             else:
-                out.append(render(item, bindings, lists))
+                out.append(render(item, bindings, lists, budget))
         return out
     return obj
 
 
-def _render_for(item: dict, bindings: dict[str, GridValue], lists: dict[str, list]) -> list:
+def _render_for(item: dict, bindings: dict[str, GridValue], lists: dict[str, list],
+                budget: list[int] | None = None) -> list:
     """A list element `{for: {t: tasks}, where: ..., item: X}` becomes one X per binding."""
     extra = set(item) - {"for", "where", "item"}
     if extra or "item" not in item:
         raise WorldrepError("a 'for' list element takes the keys for, where, item; got "
                             + ", ".join(sorted(item)))
-    grid = render(item["for"], bindings, lists)
-    return [render(item["item"], {**bindings, **inner}, lists)
+    grid = render(item["for"], bindings, lists, budget)
+    return [render(item["item"], {**bindings, **inner}, lists, budget)
             for inner in expand(grid, item.get("where"), lists)]
 
 

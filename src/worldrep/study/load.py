@@ -32,7 +32,7 @@ import pydantic
 
 from ..config import Strict, load_yaml, parse_config
 from ..errors import WorldrepError
-from .grid import MAX_STEPS, expand, grid_size, render
+from .grid import MAX_RENDERED, MAX_STEPS, expand, grid_size, render
 from .identity import Sources, StepIdentity, task_modules, without
 from .kinds import get_kind
 
@@ -253,6 +253,7 @@ class _Builder:
         self.path, self.sf, self.scale, self.sources = path, sf, scale, sources
         self.overrides = overrides or {}
         self.steps: dict[str, Step] = {}
+        self.budget = [MAX_RENDERED]  # values the steps' rendered bodies may hold in all
 
     def fail(self, where: str, msg: str) -> WorldrepError:
         return WorldrepError(f"{self.path}: {where}: {msg}")
@@ -285,7 +286,7 @@ class _Builder:
             origin = f"{label}" + (f" ({shown})" if shown else "")
             try:
                 name = render(decl["name"], bindings)
-                rendered = render(body, bindings, self.sf.lists)
+                rendered = render(body, bindings, self.sf.lists, self.budget)
             except WorldrepError as err:
                 raise self.fail(origin, str(err)) from None
             self.add(kind, str(name), rendered, origin, group=str(decl["name"]))
