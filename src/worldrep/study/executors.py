@@ -471,6 +471,7 @@ class _Scheduler:
             del self.elsewhere[name]
             if st.state == "done":
                 self.done.add(name)
+                self.report.already_done += 1
                 self.log(f"done     {self.study.steps[name].kind:<8} {name} (by another runner)")
             elif st.state == "failed":
                 self.report.failed[name] = f"{st.why} (in another runner)"
