@@ -201,8 +201,8 @@ def test_a_second_train_on_one_out_is_refused_while_the_first_runs(tmp_path, sma
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while not (out / "metrics.jsonl").is_file() and time.time() < deadline:
-            time.sleep(0.05)
+        while not (out / "checkpoints" / "checkpoint-0").is_dir() and time.time() < deadline:
+            time.sleep(0.05)  # its start record is written before its first checkpoint
         assert locks.read(out)["pid"] == first.pid
         refused(*cli("train", long, "--data", small_data, "--out", out),
                 f"pid {first.pid}", "being written")

@@ -175,8 +175,8 @@ def study_states(study: Study, out: Path) -> dict[str, StepState]:
         if step.kind not in versions:
             versions[step.kind] = finished_versions(out, step.kind)
         state = step_state(study.step_dir(out, step), step, versions[step.kind])
-        stale = next((d for d in step.deps if states[d].state != "done"), None)
-        if state.state == "done" and stale:  # made from an input that is no longer done:
+        stale = next((d for d in step.deps if states[d].state in ("failed", "blocked")), None)
+        if state.state == "done" and stale:  # made from an input that has failed since:
             state = StepState("blocked", f"made from '{stale}', which is {states[stale].state} "
                               "now; redone once it is done")  # never quoted as a result
         if state.state == "pending":
