@@ -6,8 +6,11 @@ raises WorldrepError, printed here as one `error:` line with exit code 2.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +26,15 @@ app.add_typer(world_app, name="world")
 app.add_typer(data_app, name="data")
 
 
+# The environment refused (a full disk, a read-only or foreign directory, a too long name):
+# one line, not a traceback.
+ENVIRONMENT = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+               errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EMFILE}
+
+
 def friendly(fn):
-    """Turn WorldrepError into one clear line on stderr and exit code 2."""
+    """Turn WorldrepError (and the environment's refusals) into one clear line on stderr and
+    exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -33,8 +43,37 @@ def friendly(fn):
         except WorldrepError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except OSError as err:
+            if err.errno not in ENVIRONMENT:
+                raise
+            where = f": {err.filename}" if err.filename else ""
+            typer.echo(f"error: {err.strerror}{where}", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _paths(items) -> list[tuple[str, str]]:
+    """Input paths of LABEL=PATH style arguments, for `check_not_input`."""
+    return [("input", str(item).rpartition("=")[2]) for item in items or []]
+
+
+@contextlib.contextmanager
+def _writing(out: Path, kind: str | None = None, inputs: dict | list | None = None,
+             check: bool = True) -> Iterator[Path]:
+    """Where a command writes: `out` resolved, checked to be new, empty or an artifact of
+    `kind` (if `check`), not one of the command's `inputs`, and locked for the command."""
+    from . import artifacts
+    from .study import locks
+
+    target = artifacts.resolve_out(out)
+    if target.exists() and not target.is_dir():
+        artifacts.check_out(out, kind)  # the error for a file
+    artifacts.check_not_input(out, inputs or {})
+    if check:
+        artifacts.check_out(out, kind)
+    with locks.holding(target):
+        yield target
 
 
 # --- world and data commands ------------------------------------------------------------
@@ -49,7 +88,8 @@ def world_build(
     from .world import WorldConfig, make_world
 
     cfg = load_config(WorldConfig, config)
-    make_world(out, cfg)
+    with _writing(out, "world") as target:
+        make_world(target, cfg)
     typer.echo(f"world written to {out}")
 
 
@@ -76,7 +116,8 @@ def data_make(
     get_task(task)
     spec = load_config(DatasetSpec, config, task=task, n_train=n_train, n_val=n_val,
                        n_test=n_test, seed=seed, pool=pool, require=require)
-    make_dataset(load_world(world), spec, out)
+    with _writing(out, "dataset", {"world": world}) as target:
+        make_dataset(load_world(world), spec, target)
     typer.echo(f"dataset written to {out}")
 
 
@@ -97,7 +138,8 @@ def data_mix(
 
     sources = [parse_source(s) for s in (source or [])]
     spec = load_config(MixSpec, config, sources=sources or None, mode=mode, seed=seed)
-    make_mixture(spec, out)
+    with _writing(out, "mixture", [("source", s.path) for s in spec.sources]) as target:
+        make_mixture(spec, target)
     typer.echo(f"mixture written to {out}")
 
 
@@ -127,12 +169,53 @@ def eval_cmd(
 
     from .evaluate import evaluate_run, format_summary
 
-    eval_dir = evaluate_run(run_dir, data, split=split, checkpoints=checkpoints, limit=limit,
-                            out=out, batch_size=batch_size, device=device, force=force,
-                            threads=threads, parse=parse)
+    if batch_size is not None and batch_size < 1:
+        raise WorldrepError(f"--batch-size must be >= 1 (got {batch_size})")
+    if limit is not None and limit < 1:
+        raise WorldrepError(f"--limit must be >= 1 (got {limit})")
+    target = out if out is not None else run_dir / "evals" / f"{data.name}-{split}"
+    with _writing(target, check=False, inputs={"dataset": data}) as eval_out:
+        _check_eval_out(eval_out, run_dir)
+        eval_dir = evaluate_run(run_dir, data, split=split, checkpoints=checkpoints,
+                                limit=limit, out=eval_out, batch_size=batch_size,
+                                device=device, force=force, threads=threads, parse=parse)
     for name, summary in json.loads((eval_dir / "summary.json").read_text()).items():
         typer.echo(f"{name}:\n{format_summary(summary)}")
     typer.echo(f"evaluation written to {eval_dir}")
+
+
+def _check_eval_out(out: Path, run_dir: Path) -> None:
+    """An evaluation directory holds evaluations only (checkpoint directories of kind eval and
+    their summary.json); it may lie in its run's evals/ but nowhere else in an input."""
+    from . import artifacts
+
+    run = artifacts.resolve_out(run_dir)
+    if run == out or out in run.parents or (run in out.parents
+                                             and (run / "evals") not in out.parents):
+        raise WorldrepError(f"--out {out}: an evaluation is written beside a run or in its "
+                            f"evals/ directory, never into the run {run_dir} itself")
+    if not out.is_dir():
+        return
+    for entry in out.iterdir():
+        if entry.name.startswith(".") or entry.name == "summary.json":
+            continue
+        if entry.is_dir() and artifacts.is_complete(entry) and \
+                artifacts.read_manifest(entry).get("kind") == "eval":
+            continue
+        if entry.name == artifacts.MANIFEST and artifacts.read_manifest(out).get("kind") == "eval":
+            continue
+        raise WorldrepError(f"--out {out} exists and holds {entry.name}, which is not an "
+                            "evaluation; choose a new or empty directory (nothing was written "
+                            "or removed)")
+
+
+def _check_container(out: Path, kind: str) -> None:
+    """A directory of artifacts (one per checkpoint) holds only artifacts of `kind`."""
+    from . import artifacts
+
+    for entry in (out.iterdir() if out.is_dir() else []):
+        if not entry.name.startswith("."):
+            artifacts.check_out(entry, kind)
 
 
 @app.command("train")
@@ -151,7 +234,9 @@ def train_cmd(
 
     cfg = load_spec(spec, data=str(data) if data else None,
                     init_from=str(init_from) if init_from else None, steps=steps)
-    final = train(cfg, out or Path("runs") / spec.stem)
+    inputs = {"dataset": cfg.data, "init_from checkpoint": cfg.init_from}
+    with _writing(out or Path("runs") / spec.stem, check=False, inputs=inputs) as target:
+        final = train(cfg, target)
     typer.echo(f"final checkpoint: {final}")
 
 
@@ -188,13 +273,18 @@ def analyze_reps(
                        positions=position or None, cities=cities, min_id=min_id, device=device)
     from .model import select_checkpoints
 
-    if (source / "config.json").is_file():  # a checkpoint directory itself
-        R.extract_representations(source, world, spec, out)
-    elif checkpoint == "all" or "," in checkpoint:
-        done = R.extract_run(source, world, spec, out, checkpoint)
-        typer.echo(f"{len(done)} checkpoints")
-    else:
-        R.extract_representations(select_checkpoints(source, checkpoint)[0], world, spec, out)
+    several = not (source / "config.json").is_file() and (checkpoint == "all" or "," in checkpoint)
+    inputs = {"run or checkpoint": source, "world": world}
+    with _writing(out, "representations", inputs, check=not several) as target:
+        if (source / "config.json").is_file():  # a checkpoint directory itself
+            R.extract_representations(source, world, spec, target)
+        elif several:
+            _check_container(target, "representations")
+            done = R.extract_run(source, world, spec, target, checkpoint)
+            typer.echo(f"{len(done)} checkpoints")
+        else:
+            R.extract_representations(select_checkpoints(source, checkpoint)[0], world, spec,
+                                      target)
     typer.echo(f"representations written to {out}")
 
 
@@ -221,7 +311,8 @@ def analyze_probe(
     spec = load_config(ProbeSpec, config, method=method, layers=layer or None,
                        each_layer=each_layer or None, n_train=n_train, n_test=n_test,
                        cities=cities, seed=seed)
-    run_probe(labelled(reps, "reps"), world, spec, out)
+    with _writing(out, "probe", [*_paths(reps), ("world", world)]) as target:
+        run_probe(labelled(reps, "reps"), world, spec, target)
     typer.echo(f"probes written to {out}")
 
 
@@ -244,7 +335,8 @@ def analyze_cka(
 
     spec = load_config(CKASpec, config, metrics=metric or None, layers=layer or None,
                        cities=cities, k=k)
-    cka_matrix(labelled(reps, "reps"), spec, out)
+    with _writing(out, "similarity", _paths(reps)) as target:
+        cka_matrix(labelled(reps, "reps"), spec, target)
     typer.echo(f"similarity written to {out}")
 
 
@@ -266,10 +358,12 @@ def analyze_pca(
 
     spec = load_config(P.PCASpec, config, layers=layer or None, fit_cities=fit_cities,
                        max_points=max_points)
-    if (reps / REPS_FILE).is_file() or reps.is_file():
-        P.pca_views(reps, spec, out)
-    else:
-        P.pca_timeline(reps_series(reps), spec, out)
+    single = (reps / REPS_FILE).is_file() or reps.is_file()
+    with _writing(out, "pca" if single else "pca_timeline", {"reps": reps}) as target:
+        if single:
+            P.pca_views(reps, spec, target)
+        else:
+            P.pca_timeline(reps_series(reps), spec, target)
     typer.echo(f"PCA written to {out}")
 
 
@@ -291,7 +385,8 @@ def analyze_atlantis(
 
     spec = load_config(AtlantisSpec, config, groups=pairs(group, "group") or None,
                        n_train=n_train, layers=layer or None)
-    atlantis_error(labelled(reps, "reps"), spec, out)
+    with _writing(out, "atlantis_error", _paths(reps)) as target:
+        atlantis_error(labelled(reps, "reps"), spec, target)
     typer.echo(f"Atlantis error written to {out}")
 
 
@@ -322,7 +417,10 @@ def analyze_ni(
     def base(items: list[str]):
         return items[0] if len(items) == 1 and "=" not in items[0] else pairs(items, "base")
 
-    ni_matrix(labelled(ft, "fine-tuned summary"), base(base_world), base(base_atlantis), spec, out)
+    inputs = _paths([*ft, *base_world, *base_atlantis])
+    with _writing(out, "normalized_improvement", inputs) as target:
+        ni_matrix(labelled(ft, "fine-tuned summary"), base(base_world), base(base_atlantis),
+                  spec, target)
     typer.echo(f"normalised improvement written to {out}")
 
 
@@ -337,6 +435,11 @@ ScaleOpt = Annotated[float | None, typer.Option(
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="override a setting: KIND.KEY=VALUE for every step of a kind (e.g. "
                   "train.model.preset=tiny) or KEY=VALUE of the study file; repeatable")]
+
+
+def _check_jobs(jobs: int) -> None:
+    if jobs < 1:
+        raise WorldrepError(f"--jobs is a number of worker processes >= 1 (got {jobs})")
 
 
 def _open(study, out, scale, overrides):
@@ -400,6 +503,7 @@ def study_run(
     from .study.report import headlines, write_report
 
     start = time.time()
+    _check_jobs(jobs)
     st, target = _open(study, out, scale, overrides)
     res = resource_overrides(st.resources, resources or [])
     backend = make_backend(executor, st, target, jobs=jobs, resources=res,
@@ -411,10 +515,14 @@ def study_run(
     result = run_study(st, target, backend, log=typer.echo, only=step, accept_code=accept_code)
     typer.echo(result.summary())
     if report:
-        path = write_report(st, target)
-        for line in headlines(st, target):
-            typer.echo(line)
-        typer.echo(f"report written to {path} ({time.time() - start:.0f}s in all)")
+        try:
+            path = write_report(st, target)
+        except OSError as err:  # e.g. a finished study in a read-only directory
+            typer.echo(f"report not written: {err.strerror}: {err.filename or target}", err=True)
+        else:
+            for line in headlines(st, target):
+                typer.echo(line)
+            typer.echo(f"report written to {path} ({time.time() - start:.0f}s in all)")
     if not result.ok:
         raise typer.Exit(1)
 
@@ -433,6 +541,8 @@ def study_status(
     due to run and why (new, spec/input/code changed, failed before)."""
     from .study.cache import format_status, study_states
 
+    if watch is not None and not (0 < watch < float("inf")):
+        raise WorldrepError(f"--watch takes a number of seconds > 0 (got {watch})")
     st, target = _open(study, out, scale, overrides)
     if watch:
         from .study.watch import watch_status
@@ -445,20 +555,75 @@ def study_status(
 @app.command("unlock")
 @friendly
 def study_unlock(
-    study: StudyArg = None,
+    study: Annotated[str | None, typer.Argument(
+        help="a study (file or built-in; default: the one recorded in --out), or any "
+             "directory a worldrep command writes (a run, a dataset, an analysis)")] = None,
     out: OutOpt = None,
     scale: ScaleOpt = None,
     overrides: SetOpt = None,
     force: Annotated[bool, typer.Option(
         help="also clear locks of live runners on this host and of queued Slurm jobs")] = False,
 ):
-    """Clear step locks whose holders cannot be vouched for from here (gone, or on another
-    host). A dead runner's locks on this host are broken automatically anyway."""
-    from .study.cache import clear_locks
+    """Show the locks of a study's steps or of one directory, and clear those whose holders
+    cannot be vouched for from here (gone, or on another host). A dead holder's lock on this
+    host is broken automatically anyway."""
+    from .study import locks
+    from .study.cache import clear_locks, held_locks
 
+    plain = study is not None and out is None and not (Path(study) / "study.json").is_file()
+    if plain and (Path(study).is_dir() or locks.lock_file(Path(study)).exists()):
+        path = Path(study)
+        info = locks.read(path)
+        if info is None:
+            typer.echo(f"{path}: not locked")
+            return
+        alive = locks.alive(info, unknown=False)
+        typer.echo(f"{path}: locked by {locks.describe(info)}"
+                   + (" (alive)" if alive else " (gone)"))
+        if force or not alive:
+            locks.lock_file(path).unlink(missing_ok=True)
+            typer.echo("cleared 1 lock")
+        else:
+            typer.echo("kept: its holder is alive here (--force clears it anyway)")
+        return
+    if study is not None and out is None and Path(study).is_dir():
+        study, out = None, Path(study)
     st, target = _open(study, out, scale, overrides)
+    for name, info in held_locks(st, target):
+        typer.echo(f"  {name}: {locks.describe(info)}"
+                   + ("" if locks.alive(info, unknown=False) else " (gone)"))
     cleared = clear_locks(st, target, force=force)
     typer.echo(f"cleared {len(cleared)} lock(s)" + (": " + ", ".join(cleared) if cleared else ""))
+
+
+@app.command("verify")
+@friendly
+def verify_cmd(
+    out: Annotated[Path, typer.Argument(help="a study output directory, or any artifact")],
+):
+    """Check every artifact under OUT against its manifest: each file it lists is there, of
+    its size and digest. Exit 2 naming each file that is missing, truncated or changed."""
+    from . import artifacts
+
+    if not out.is_dir():
+        raise WorldrepError(f"{out} is not a directory")
+    found = sorted(m.parent for m in out.rglob(artifacts.MANIFEST)
+                   if ".tmp-" not in str(m) and ".old-" not in str(m))
+    problems, unchecked = [], 0
+    for directory in found:
+        problem = artifacts.verify_problem(directory)
+        if problem:
+            problems.append(problem)
+        elif "files" not in artifacts.read_manifest(directory):
+            unchecked += 1
+    for problem in problems:
+        typer.echo(f"  BAD  {problem}")
+    note = f" ({unchecked} written by an older worldrep list no files)" if unchecked else ""
+    typer.echo(f"{len(found) - len(problems)} of {len(found)} artifacts verified{note}")
+    if problems:
+        raise WorldrepError(f"{len(problems)} artifact(s) under {out} do not match their "
+                            "manifests; remake them (worldrep run redoes a study's steps once "
+                            "their directories are removed)")
 
 
 @app.command("report")
@@ -488,6 +653,7 @@ def quickstart(
         help="worker processes (2: the side runs train beside the main model)")] = 2,
 ):
     """Run the quickstart study end to end (minutes on a 2-core CPU) and write its report."""
+    _check_jobs(jobs)
     study_run(study="quickstart", out=out, jobs=jobs, executor="local", scale=scale,
               overrides=None, step=None, resources=None, cluster=None, accept_code=False,
               report=True)

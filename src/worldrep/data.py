@@ -226,7 +226,7 @@ def write_dataset(out: str | Path, splits: dict[str, pd.DataFrame], spec: dict,
                   meta: dict, world: World, kind: str = "dataset") -> Path:
     """Write the splits, with a copy of the world's city table: a dataset is scored against
     its own cities wherever it is moved (it never points at another directory)."""
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, kind) as tmp:
         for split, frame in splits.items():
             pq.write_table(_as_table(frame), tmp / f"{split}.parquet")
         pq.write_table(_as_table(world.cities), tmp / WORLD_FILE)
@@ -257,18 +257,66 @@ def make_dataset(world: World | str | Path, spec: DatasetSpec, out: str | Path) 
 
 
 # -- reading -------------------------------------------------------------------------------
+DATASET_KINDS = ("dataset", "mixture")
+
+
+def check_dataset(path: str | Path) -> Path:
+    """A finished, untampered dataset or mixture directory, else a WorldrepError naming it."""
+    path = Path(path)
+    if not artifacts.is_complete(path):
+        raise WorldrepError(f"no finished dataset at {path} (missing manifest.json); make one "
+                            "with `worldrep data make` or `worldrep data mix`")
+    try:
+        kind = artifacts.read_manifest(path).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind not in DATASET_KINDS:
+        raise WorldrepError(f"{path} is a {kind or 'unreadable'} artifact, not a dataset or "
+                            "mixture; give the directory `worldrep data make` or `data mix` "
+                            "wrote")
+    artifacts.verify(path)
+    return path
+
+
+def read_table(file: Path, columns: list[str] | None = None, optional: tuple[str, ...] = ()
+               ) -> pd.DataFrame:
+    """A parquet file (`columns`, and those of `optional` it has), or a WorldrepError saying
+    it is unreadable or lacks columns."""
+    try:
+        names = pq.read_schema(file).names
+    except (OSError, pa.ArrowException) as err:
+        raise WorldrepError(f"{file} is not a readable parquet file ({str(err)[:120]})") from None
+    missing = [c for c in columns or [] if c not in names]
+    if missing:
+        raise WorldrepError(f"{file} lacks the columns {', '.join(missing)} (it has "
+                            f"{', '.join(names) or 'none'}); make the dataset again")
+    if columns is not None:
+        columns = list(columns) + [c for c in optional if c in names and c not in columns]
+    try:
+        return pd.read_parquet(file, columns=columns)
+    except (OSError, pa.ArrowException) as err:
+        raise WorldrepError(f"{file} is not a readable parquet file ({str(err)[:120]})") from None
+
+
 def load_split(path: str | Path, split: str = "train", columns: list[str] | None = None
                ) -> pd.DataFrame:
     path = Path(path)
     if split not in SPLITS:
         raise WorldrepError(f"unknown split '{split}'; allowed: {', '.join(SPLITS)}")
-    if not artifacts.is_complete(path):
-        raise WorldrepError(f"no finished dataset at {path} (missing manifest.json)")
-    return pd.read_parquet(path / f"{split}.parquet", columns=columns)
+    check_dataset(path)
+    return read_table(path / f"{split}.parquet", columns)
 
 
 def dataset_meta(path: str | Path) -> dict:
-    return json.loads((Path(path) / "meta.json").read_text())
+    path = check_dataset(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as err:
+        raise WorldrepError(f"{path / 'meta.json'} cannot be read ({type(err).__name__}); "
+                            "make the dataset again") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("sizes"), dict):
+        raise WorldrepError(f"{path / 'meta.json'} holds no split sizes; make the dataset again")
+    return meta
 
 
 def dataset_world(path: str | Path) -> World:
@@ -277,5 +325,6 @@ def dataset_world(path: str | Path) -> World:
     if not (path / WORLD_FILE).is_file():
         raise WorldrepError(f"dataset {path} holds no {WORLD_FILE}; it was written by an older "
                             "worldrep: make it again")
-    return World(pd.read_parquet(path / WORLD_FILE), hash=dataset_meta(path)["world_hash"])
+    meta = dataset_meta(path)
+    return World(read_table(path / WORLD_FILE), hash=meta["world_hash"])
 

@@ -460,19 +460,16 @@ def load_rows(data_dir: str | Path, split: str = "test", limit: int | None = Non
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise WorldrepError(f"no dataset directory at {data_dir}{_siblings(data_dir)}")
-    if not artifacts.is_complete(data_dir):
-        raise WorldrepError(f"{data_dir} is not a finished dataset (no manifest.json)")
+    from .data import check_dataset, read_table
+
+    check_dataset(data_dir)
     present = [s for s in SPLITS if (data_dir / f"{s}.parquet").is_file()]
     if split not in present:
         raise WorldrepError(f"dataset {data_dir} has no split '{split}'; available: "
                             f"{', '.join(present) or 'none'}")
     if limit is not None and limit < 1:
         raise WorldrepError(f"limit must be a positive number of rows (got {limit})")
-    import pyarrow.parquet as pq
-
-    path = data_dir / f"{split}.parquet"
-    columns = [c for c in ("text", "task", "answer") if c in pq.read_schema(path).names]
-    frame = pd.read_parquet(path, columns=columns)
+    frame = read_table(data_dir / f"{split}.parquet", ["text", "task"], optional=("answer",))
     return frame.iloc[:limit].reset_index(drop=True) if limit else frame
 
 
@@ -559,7 +556,7 @@ def _evaluate_checkpoint(checkpoint: Path, frame, world, spec: dict, target: Pat
     start = time.time()
     model = load_checkpoint(checkpoint, device)
     results = evaluate_frame(model, frame, world, batch_size, device, parse=parse)
-    with artifacts.artifact_dir(target) as tmp:
+    with artifacts.artifact_dir(target, "eval") as tmp:
         results.to_parquet(tmp / "eval.parquet", index=False)
         artifacts.write_json_atomic(tmp / "summary.json", summarize(results))
         artifacts.write_spec(tmp, spec)

@@ -19,7 +19,7 @@ import pydantic
 
 from . import artifacts
 from .config import Strict
-from .data import SPLITS, dataset_meta, dataset_world, write_dataset
+from .data import SPLITS, check_dataset, dataset_meta, dataset_world, write_dataset
 from .errors import WorldrepError
 from .seeding import rng as make_rng
 
@@ -79,6 +79,7 @@ def _source_ids(spec: MixSpec) -> dict[str, str]:
         if not artifacts.is_complete(src.path):
             raise WorldrepError(f"mixture source {src.path} is not a finished dataset "
                                 f"(missing manifest.json)")
+        check_dataset(src.path)
         ids[src.path] = artifacts.read_manifest(src.path)["hash"]
     return ids
 

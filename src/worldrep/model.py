@@ -541,7 +541,7 @@ def save_checkpoint(model: StackedQwen2, out: str | Path, k: int = 0,
     from transformers import GenerationConfig
 
     state = to_hf_state_dict(model, k)
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, "checkpoint", marker=INFO_FILE) as tmp:
         hf_config(model.spec).save_pretrained(tmp)
         GenerationConfig(bos_token_id=tokenizer.BOS, eos_token_id=tokenizer.EOS,
                          pad_token_id=tokenizer.PAD, do_sample=False).save_pretrained(tmp)

@@ -48,7 +48,12 @@ def _one(world: World, term: str) -> np.ndarray:
             raise WorldrepError(f"bad bounds '{arg}'; expected bounds:XMIN,XMAX,YMIN,YMAX") from None
         return (world.x >= x0) & (world.x <= x1) & (world.y >= y0) & (world.y <= y1)
     if kind == "ids":
-        return np.isin(world.ids, [int(v) for v in arg.split(",")])
+        try:
+            ids = [int(v) for v in arg.split(",")]
+        except ValueError:
+            raise WorldrepError(f"bad selector 'ids:{arg}'; expected ids:ID[,ID] with integer "
+                                "city ids, e.g. ids:1001,1002") from None
+        return np.isin(world.ids, ids)
     raise WorldrepError(f"unknown selector '{term}'; allowed: {', '.join(FORMS)}")
 
 

@@ -767,7 +767,7 @@ class Run:
                           else None)})
         self.opt, self.k, self.rows = opt, k, rows
         if (self.out / RESUME_FILE).is_file():
-            state = torch.load(self.out / RESUME_FILE, map_location="cpu", weights_only=True)
+            state = _load_resume(self.out)
             if state.get("hash") != self.digest:
                 raise WorldrepError(f"{self.out / RESUME_FILE} belongs to a different run; "
                                     f"remove {self.out} to start over")
@@ -869,10 +869,33 @@ class Run:
                              "learning rate or gradient clipping")
 
 
+def _load_resume(out: Path) -> dict:
+    """resume/state.pt, or a WorldrepError naming it and the checkpoints it could restart
+    from (a truncated or foreign file is never unpickled beyond tensors)."""
+    try:
+        state = torch.load(out / RESUME_FILE, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and {"step", "optimizer", "hash"} <= set(state):
+            return state
+        problem = "it does not hold a resume state"
+    except Exception as err:  # noqa: BLE001 - truncated, random or foreign bytes
+        problem = f"it cannot be read ({type(err).__name__})"
+    try:
+        found = ", ".join(p.name for p in select_checkpoints(out, "all"))
+    except WorldrepError:
+        found = "none"
+    raise WorldrepError(f"{out / RESUME_FILE}: {problem}; the run's checkpoints: {found}. "
+                        f"Remove {out / RESUME_FILE.parent} to restart the run from step 0, "
+                        f"or remove {out} to start over")
+
+
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no temporary behind
+        raise
 
 
 def loss_lines(records: list[dict], loss: str = "full") -> list[tuple[str, list, str]]:

@@ -157,7 +157,7 @@ class World:
 
 def save_world(cities: pd.DataFrame, out: str | Path, config: WorldConfig) -> Path:
     spec = {"world": config.model_dump(mode="json")}
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, "world") as tmp:
         cities.to_parquet(tmp / "cities.parquet", index=False)
         cities.to_csv(tmp / "cities.csv", index=False)
         artifacts.write_spec(tmp, spec)
@@ -176,6 +176,11 @@ def load_world(path: str | Path) -> World:
     if not artifacts.is_complete(path) or not (path / "cities.parquet").is_file():
         raise WorldrepError(f"no finished world at {path} (expected cities.parquet and "
                             f"manifest.json; build one with `worldrep world build --out {path}`)")
+    kind = artifacts.read_manifest(path).get("kind")
+    if kind != "world":
+        raise WorldrepError(f"{path} is a {kind} artifact, not a world; give the directory "
+                            "`worldrep world build` wrote")
+    artifacts.verify(path)
     import yaml
 
     spec = yaml.safe_load((path / artifacts.SPEC).read_text())

@@ -134,7 +134,7 @@ def atlantis_error(reps_paths, spec: AtlantisSpec | None = None,
     pooled = pooled_table(errors)
     full_spec = {"atlantis": spec.model_dump(mode="json"),
                  "reps": {str(k): artifacts.content_id(v) for k, v in reps_paths.items()}}
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, "atlantis_error") as tmp:
         errors.to_parquet(tmp / "errors.parquet", index=False)
         pd.DataFrame(models).to_csv(tmp / "per_model.csv", index=False)
         pooled.to_csv(tmp / "summary.csv", index=False)

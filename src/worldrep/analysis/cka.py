@@ -248,7 +248,7 @@ def cka_matrix(reps_paths: dict[str, str | Path], spec: CKASpec | None = None,
             matrices[(metric, layer)] = seed_aware_matrix(pairs, list(runs), spec.seed_separator)
     full_spec = {"cka": spec.model_dump(mode="json"),
                  "reps": {k: artifacts.content_id(v) for k, v in reps_paths.items()}}
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, "similarity") as tmp:
         table = pd.concat(long, ignore_index=True)
         table["config_a"] = table["label_a"].map(lambda s: config_of(s, spec.seed_separator))
         table["config_b"] = table["label_b"].map(lambda s: config_of(s, spec.seed_separator))
@@ -333,7 +333,7 @@ def cka_by_tasks(reps_paths: dict[str, str | Path], models: dict[str, Model],
                  "reps": {k: artifacts.content_id(v) for k, v in keep.items()},
                  "models": {k: {"tasks": list(m.tasks), "seed": m.seed} for k, m in
                             models.items() if k in keep}}
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, "convergence") as tmp:
         table.to_csv(tmp / "pairs.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
         figures.convergence_curves(tmp / "convergence.png", summary,

@@ -243,7 +243,7 @@ def ni_matrix(finetuned: dict, base_world, base_atlantis, spec: NISpec | None = 
     full_spec = {"ni": spec.model_dump(mode="json"),
                  "rows": long[["label", "task", "metric", "value", "base_world",
                                "base_atlantis"]].to_dict("records")}
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, "normalized_improvement") as tmp:
         long.to_csv(tmp / "ni_long.csv", index=False)
         if len(dev):
             dev.to_csv(tmp / "deviation_long.csv", index=False)

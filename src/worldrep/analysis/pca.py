@@ -108,7 +108,7 @@ def pca_views(reps_path: str | Path, spec: PCASpec | None = None, out: str | Pat
     coords = pca.transform(reps.features(spec.layers, spec.positions)[rows])
     title = title or f"PCA of {Path(reps_path).name}"
     full_spec = {"pca": spec.model_dump(mode="json"), "reps": artifacts.content_id(reps_path)}
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, "pca") as tmp:
         _frame(reps, rows, coords, Path(reps_path).name).to_parquet(tmp / "projections.parquet",
                                                                    index=False)
         _variance_table(pca).to_csv(tmp / "explained_variance.csv", index=False)
@@ -155,7 +155,7 @@ def pca_timeline(reps_paths: dict[str, str | Path], spec: PCASpec | None = None,
     title = title or "PCA timeline (axes of the last checkpoint)"
     full_spec = {"pca": spec.model_dump(mode="json"),
                  "reps": {k: artifacts.content_id(v) for k, v in reps_paths.items()}}
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, "pca_timeline") as tmp:
         pd.concat(tables, ignore_index=True).to_parquet(tmp / "projections.parquet", index=False)
         _variance_table(pca).to_csv(tmp / "explained_variance.csv", index=False)
         figures.timeline_html(tmp / "timeline.html", frames, regions, final.synthetic[rows],

@@ -281,7 +281,7 @@ def run_probe(reps_path, world: World | str | Path | None = None, spec: ProbeSpe
     full_spec = {"probe": spec.model_dump(mode="json"),
                  "reps": {k: artifacts.content_id(v) for k, v in paths.items()},
                  "world": world.hash if world is not None else None}
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, "probe") as tmp:
         table.to_csv(tmp / "metrics.csv", index=False)
         pd.concat(preds, ignore_index=True).to_parquet(tmp / "predictions.parquet", index=False)
         for frame in preds:

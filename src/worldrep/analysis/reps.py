@@ -236,7 +236,7 @@ def save_reps(out: str | Path, cities: pd.DataFrame, layers, positions, vectors:
                             f"({len(cities)}, {len(layers)}, {len(positions)}, hidden)")
     arrays = {f"city_{c}": cities[c].to_numpy() for c in CITY_COLUMNS}
     arrays = {k: (v.astype(str) if v.dtype == object else v) for k, v in arrays.items()}
-    with artifacts.artifact_dir(out) as tmp:
+    with artifacts.artifact_dir(out, "representations") as tmp:
         artifacts.save_npz(tmp / REPS_FILE, vectors=vectors, layers=np.asarray(layers, np.int64),
                  positions=np.asarray(positions, str), **arrays)
         artifacts.write_spec(tmp, spec)

@@ -145,7 +145,26 @@ def step_state(path: Path, step: Step | None = None, versions: dict | None = Non
     if failed:
         return StepState("failed", failed.get("error"), failed)
     why = due_reason(step, versions or {}, path) if step is not None else None
+    resume = resume_step(path)
+    if resume is not None:
+        why = f"resumes at step {resume}" + (f" ({why})" if why and why != "new" else "")
+    elif (path / "resume" / "state.pt").is_file():
+        why = f"{why}; its resume/state.pt cannot be read (training will name its checkpoints)"
     return StepState("pending", why)
+
+
+def resume_step(path: Path) -> int | None:
+    """The step a half-trained run in `path` resumes at (read from its resume state, which
+    follows each checkpoint), or None when it has none."""
+    state = path / "resume" / "state.pt"
+    if not state.is_file():
+        return None
+    try:
+        import torch
+
+        return int(torch.load(state, map_location="cpu", weights_only=True)["step"])
+    except Exception:  # noqa: BLE001 - damaged: training says so, naming the checkpoints
+        return None
 
 
 def study_states(study: Study, out: Path) -> dict[str, StepState]:
@@ -156,6 +175,10 @@ def study_states(study: Study, out: Path) -> dict[str, StepState]:
         if step.kind not in versions:
             versions[step.kind] = finished_versions(out, step.kind)
         state = step_state(study.step_dir(out, step), step, versions[step.kind])
+        stale = next((d for d in step.deps if states[d].state in ("failed", "blocked")), None)
+        if state.state == "done" and stale:  # made from an input that has failed since:
+            state = StepState("blocked", f"made from '{stale}', which is {states[stale].state} "
+                              "now; redone once it is done")  # never quoted as a result
         if state.state == "pending":
             bad = next((d for d in step.deps if states[d].state in ("failed", "blocked")), None)
             if bad:

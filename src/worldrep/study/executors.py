@@ -106,12 +106,39 @@ class InProcess:
         pass
 
 
-def _worker_init(threads: int, plugins: list[str]) -> None:
+def _worker_init(threads: int, plugins: list[str], runner: int | None = None) -> None:
     # torch reads these when a stage first imports it; importing torch here would cost every
     # worker seconds even for steps that never touch a model.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
+    die_with(runner if runner is not None else os.getppid())
     import_plugins(plugins)
+
+
+def die_with(parent: int, every_s: float = 1.0) -> None:
+    """End this worker when its runner ends, however it ends (a SIGKILL included): the kernel
+    sends SIGKILL on the parent's death (Linux), and a watchdog thread exits once this
+    process has been handed to another parent (everywhere). A worker left behind would
+    finish its step and then wait forever on a pipe nobody reads."""
+    import ctypes
+    import signal
+    import threading
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the runner died before the signal was set
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="worldrep-watchdog", daemon=True).start()
 
 
 class ProcessPool:
@@ -124,7 +151,7 @@ class ProcessPool:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         self.pool = cf.ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init, initargs=(threads, plugins or []))
+            initializer=_worker_init, initargs=(threads, plugins or [], os.getpid()))
         self.units: dict[cf.Future, list[StepJob]] = {}
 
     def submit(self, unit, after=None):
@@ -289,6 +316,8 @@ def _cluster_name(executor) -> str:
 
 def make_backend(executor: str, study: Study, out: Path, jobs: int = 1,
                  resources: dict[str, Resources] | None = None, cluster: str | None = None):
+    if jobs < 1:
+        raise WorldrepError(f"--jobs is a number of worker processes >= 1 (got {jobs})")
     if executor == "local":
         return InProcess() if jobs <= 1 else ProcessPool(jobs, study.plugins)
     if executor == "slurm":
@@ -442,6 +471,7 @@ class _Scheduler:
             del self.elsewhere[name]
             if st.state == "done":
                 self.done.add(name)
+                self.report.already_done += 1
                 self.log(f"done     {self.study.steps[name].kind:<8} {name} (by another runner)")
             elif st.state == "failed":
                 self.report.failed[name] = f"{st.why} (in another runner)"
@@ -528,7 +558,13 @@ class _Scheduler:
         step = self.study.steps[o.name]
         self.count += 1
         head = f"[{self.count}/{self.total}]"
-        if o.status == DONE:
+        if o.status == DONE and o.elsewhere:  # finished by another runner meanwhile
+            self.count -= 1
+            self.total -= 1
+            self.done.add(o.name)
+            self.report.already_done += 1
+            self.log(f"done     {step.kind:<8} {o.name} (by another runner)")
+        elif o.status == DONE:
             self.done.add(o.name)
             self.report.ran.append(o.name)
             self.log(f"{head} done     {step.kind:<8} {o.name} ({o.seconds:.1f}s)")

@@ -51,6 +51,7 @@ class NotMeasured(Exception):
 class Context:
     study: Study
     out: Path
+    states: dict | None = None
 
     def dir(self, step: str) -> Path:
         if step not in self.study.steps:
@@ -59,6 +60,13 @@ class Context:
         path = self.study.step_dir(self.out, step)
         if not artifacts.is_complete(path):
             raise NotMeasured(f"step '{step}' is not done")
+        if self.states is None:
+            from .cache import study_states
+
+            self.states = study_states(self.study, self.out)
+        if self.states[step].state != "done":  # e.g. made from a run that failed since
+            raise NotMeasured(f"step '{step}' is {self.states[step].state}: "
+                              f"{self.states[step].why}")
         return path
 
     def csv(self, step: str, name: str, **kw) -> pd.DataFrame:

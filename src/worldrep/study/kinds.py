@@ -388,6 +388,14 @@ class RepsKind(StepKind):
     def refs(self, spec):
         return [Ref("run", spec["run"], ("train",)), Ref("world", spec["world"], ("world",))]
 
+    def check(self, spec, steps):
+        """Layers the run's model has: known when the study is loaded, not when it runs."""
+        depth = model_depth(steps, spec["run"])
+        bad = [layer for layer in spec["layers"] if not 0 <= layer <= depth]
+        if depth is not None and bad:
+            raise WorldrepError(f"'layers': {bad} do not exist in the model of '{spec['run']}' "
+                                f"({depth} layers); allowed: 0 (embeddings) to {depth}")
+
     def run(self, spec, inputs, out):
         from ..analysis.reps import RepSpec, extract_representations, extract_run
         from ..model import select_checkpoints
@@ -399,6 +407,39 @@ class RepsKind(StepKind):
             extract_run(run_dir, world, rep, out, checkpoints=which)
         else:
             extract_representations(select_checkpoints(run_dir, which)[0], world, rep, out)
+
+
+def model_depth(steps: dict, run: str) -> int | None:
+    """The number of layers of a train step's model (its own, or its init_from's), or None
+    where the study does not say."""
+    from ..model import ModelSpec
+
+    seen = set()
+    while run in steps and run not in seen:
+        seen.add(run)
+        spec = steps[run].spec
+        if spec.get("model"):
+            return int(ModelSpec.model_validate(spec["model"]).layers)
+        if not spec.get("init_from"):
+            return int(ModelSpec().layers)
+        run = spec["init_from"]
+    return None
+
+
+def check_reps_layers(spec: dict, steps: dict) -> None:
+    """An analysis's `layers` are layers its reps steps read."""
+    wanted = spec.get("layers")
+    if not wanted:
+        return
+    for item in spec.get("reps", []):
+        step = steps.get(item.get("reps")) if isinstance(item, dict) else None
+        if step is None or step.kind != "reps":
+            continue
+        have = step.spec.get("layers") or []
+        missing = [layer for layer in wanted if layer not in have]
+        if missing:
+            raise WorldrepError(f"'layers': {missing} are not read by the reps step "
+                                f"'{step.name}' (it reads layers {have}); allowed: {have}")
 
 
 def _with_reps(module: str, spec: str, min_length: int, **fields):
@@ -438,6 +479,9 @@ class ProbeKind(StepKind):
     def refs(self, spec):
         world = [Ref("world", spec["world"], ("world",))] if spec["world"] else []
         return _reps_refs(spec) + world
+
+    def check(self, spec, steps):
+        check_reps_layers(spec, steps)
 
     def run(self, spec, inputs, out):
         from ..analysis.probes import ProbeSpec, run_probe

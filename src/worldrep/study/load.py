@@ -12,6 +12,8 @@ Top-level keys of a study file:
   name, description, seed, out, plugins (modules registering extra step kinds),
   lists (named value lists for grids), templates (named bodies a declaration can `use`),
   defaults (per step kind), resources (per step kind, for the slurm executor),
+  max_steps (the most steps the study may expand to, default 100,000; checked before any
+  grid is expanded),
   world (one world, named 'world') or worlds, datasets, mixtures, runs, evals, analyses,
   steps (any kind, given by `kind:`).
 """
@@ -30,7 +32,7 @@ import pydantic
 
 from ..config import Strict, load_yaml, parse_config
 from ..errors import WorldrepError
-from .grid import expand, render
+from .grid import MAX_RENDERED, MAX_STEPS, expand, grid_size, render
 from .identity import Sources, StepIdentity, task_modules, without
 from .kinds import get_kind
 
@@ -38,6 +40,7 @@ SECTIONS = {"worlds": "world", "datasets": "dataset", "mixtures": "mixture", "ru
             "evals": "eval", "analyses": None, "steps": None}
 RESERVED = ("name", "grid", "where", "use", "kind")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
+MAX_NAME = 120  # characters: a step's files add a hash and suffixes, file names stop at 255
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "studies"  # shipped inside the package
 
 
@@ -68,6 +71,8 @@ class StudyFile(Strict):
     # auto: train compatible runs that are ready together as one pack (worldrep.packplan)
     pack: Literal["auto", "off"] = "off"
     pack_limit: int = pydantic.Field(42, ge=1)  # at most this many runs in one pack
+    # a study expands to at most this many steps (checked before any grid is expanded)
+    max_steps: int = pydantic.Field(MAX_STEPS, ge=1)
     world: dict | None = None
     worlds: list[dict] = pydantic.Field(default_factory=list)
     datasets: list[dict] = pydantic.Field(default_factory=list)
@@ -150,8 +155,9 @@ def load_study(path: str | Path, scale: float = 1.0, sources: Sources | None = N
     settings (`KIND.KEY=VALUE` for every step of a kind, `KEY=VALUE` for the study file);
     `sources` is where the code that step identities cover is read (default: this worldrep)."""
     path = resolve_study_path(path)
-    if not scale >= 1:
-        raise WorldrepError(f"--scale must be >= 1 (it divides sizes and steps), got {scale}")
+    if not 1 <= scale < float("inf"):
+        raise WorldrepError(f"--scale must be a finite number >= 1 (it divides sizes and "
+                            f"steps), got {scale}")
     raw = load_yaml(path)
     if isinstance(raw.get("plugins"), list):  # their kinds may be named by overrides
         import_plugins([str(m) for m in raw["plugins"]])
@@ -164,6 +170,9 @@ def load_study(path: str | Path, scale: float = 1.0, sources: Sources | None = N
     for section in SECTIONS:
         for i, decl in enumerate(getattr(sf, section)):
             builder.declare(section, f"{section}[{i}]", decl)
+    if not builder.steps:
+        raise WorldrepError(f"{path}: the study declares no steps; declare a world, datasets, "
+                            "runs, evals or analyses (see `worldrep plan quickstart`)")
     steps = builder.link()
     return Study(name=sf.name or path.stem, path=path, scale=scale, steps=steps,
                  resources=sf.resources, plugins=sf.plugins, description=sf.description,
@@ -244,6 +253,7 @@ class _Builder:
         self.path, self.sf, self.scale, self.sources = path, sf, scale, sources
         self.overrides = overrides or {}
         self.steps: dict[str, Step] = {}
+        self.budget = [MAX_RENDERED]  # values the steps' rendered bodies may hold in all
 
     def fail(self, where: str, msg: str) -> WorldrepError:
         return WorldrepError(f"{self.path}: {where}: {msg}")
@@ -256,9 +266,17 @@ class _Builder:
         if kind is None:
             raise self.fail(f"{label} '{decl['name']}'", f"'{section}' entries need a 'kind'")
         label = f"{label} '{decl['name']}'"
+        room = self.sf.max_steps - len(self.steps)
         try:
             body = self.templated_body(decl)
-            bindings_list = list(expand(decl.get("grid"), decl.get("where"), self.sf.lists))
+            size = grid_size(decl.get("grid"), self.sf.lists, room)
+            if size > room:
+                raise WorldrepError(
+                    f"the grid expands to {size:,} or more steps; the study may have "
+                    f"{room:,} more (max_steps {self.sf.max_steps:,}; raise it if this is "
+                    "meant)")
+            bindings_list = list(expand(decl.get("grid"), decl.get("where"), self.sf.lists,
+                                        limit=room))
         except WorldrepError as err:
             raise self.fail(label, str(err)) from None
         if not bindings_list:
@@ -268,7 +286,7 @@ class _Builder:
             origin = f"{label}" + (f" ({shown})" if shown else "")
             try:
                 name = render(decl["name"], bindings)
-                rendered = render(body, bindings, self.sf.lists)
+                rendered = render(body, bindings, self.sf.lists, self.budget)
             except WorldrepError as err:
                 raise self.fail(origin, str(err)) from None
             self.add(kind, str(name), rendered, origin, group=str(decl["name"]))
@@ -285,6 +303,13 @@ class _Builder:
         return deep_merge(body, {k: v for k, v in decl.items() if k not in RESERVED})
 
     def add(self, kind_name: str, name: str, body: dict, origin: str, group: str) -> None:
+        if len(name) > MAX_NAME:
+            raise self.fail(f"step '{name[:40]}...' ({origin})",
+                            f"a step name is at most {MAX_NAME} characters (this one has "
+                            f"{len(name)})")
+        if len(self.steps) >= self.sf.max_steps:
+            raise self.fail(origin, f"the study has more than max_steps "
+                            f"({self.sf.max_steps:,}) steps; raise max_steps if this is meant")
         where = f"step '{name}' ({origin})"
         if not NAME.fullmatch(name):
             raise self.fail(where, "a step name is letters, digits and _ . + = - "

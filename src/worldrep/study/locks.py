@@ -15,11 +15,13 @@ unlock` clears such locks once their runner is known to be gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SUFFIX = ".lock"
@@ -64,7 +66,16 @@ def process_alive(pid: int, start: str | None = None) -> bool:
         return False
     except PermissionError:
         pass
+    if _zombie(pid):  # ended; nobody reaped it yet (a container's init may never do)
+        return False
     return start is None or _process_start(pid) in (None, start)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 _QUEUE: dict[str, object] = {"time": 0.0, "ids": None}
@@ -195,3 +206,27 @@ def describe(info: dict) -> str:
     else:
         who = f"{job} (queued)" if job else "unknown holder"
     return who + since
+
+
+@contextlib.contextmanager
+def holding(path: Path, what: str = "written") -> Iterator[None]:
+    """Hold the lock of the directory `path` (the one a study runner takes for a step) for a
+    command that writes it; a WorldrepError naming the holder if another process has it. A
+    lock this process already holds (a runner's stage) is used as it is, and kept."""
+    from ..errors import WorldrepError
+
+    path = Path(path)
+    if mine(read(path)):
+        yield
+        return
+    try:
+        holder = acquire(path)
+    except OSError as err:
+        raise WorldrepError(f"cannot lock {path}: {err.strerror} ({lock_file(path)})") from None
+    if holder is not None:
+        raise WorldrepError(f"{path} is being {what} by another process ({describe(holder)}); "
+                            f"wait for it to finish, or if it is gone: worldrep unlock {path}")
+    try:
+        yield
+    finally:
+        release(path)

@@ -26,10 +26,22 @@ def _file_of(study: Study) -> str:
 
 
 def remember(out: Path, study: Study) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json_atomic(out / RECORD, {
-        "study": study.name, "file": _file_of(study), "scale": study.scale,
-        "overrides": study.overrides})
+    """Record the study in OUT (only when the record changes: a finished study in a
+    read-only directory can still be run, which does nothing)."""
+    record = {"study": study.name, "file": _file_of(study), "scale": study.scale,
+              "overrides": study.overrides}
+    if recall(out) == record:
+        return
+    if out.is_file() or (out.is_dir() and not (out / RECORD).is_file() and any(
+            p for p in out.iterdir() if not p.name.startswith("."))):
+        raise WorldrepError(f"--out {out} exists and is not a study's output directory (no "
+                            f"{RECORD}); choose a new or empty directory (nothing was written)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json_atomic(out / RECORD, record)
+    except OSError as err:
+        raise WorldrepError(f"cannot write {out / RECORD}: {err.strerror}; the study's output "
+                            "directory must be writable") from None
 
 
 def recall(out: Path) -> dict | None:

@@ -49,6 +49,7 @@ class Outcome:
     status: str  # done, failed, blocked (an input is not done), locked (another runner has it)
     error: str | None = None
     seconds: float = 0.0
+    elsewhere: bool = False  # found done once locked: another runner ran it, not this one
 
     @property
     def ok(self) -> bool:
@@ -65,26 +66,36 @@ def input_problem(job: StepJob) -> str | None:
         problem = cache.input_problem(Path(path))
         if problem:
             return f"input '{name}' is not done: {problem} ({path})"
+        problem = artifacts.verify_problem(Path(path))
+        if problem:
+            return f"input '{name}' does not match its manifest: {problem}"
     return None
 
 
 def _claim(job: StepJob) -> Outcome | None:
     """Lock the step and check it may run; an Outcome when it must not run here."""
     out = Path(job.out)
-    holder = locks.acquire(out, locks.me(step=job.name), job.lock_token)
+    try:
+        holder = locks.acquire(out, locks.me(step=job.name), job.lock_token)
+    except OSError as err:  # a read-only or full output directory
+        return Outcome(job.name, FAILED, f"cannot lock {out}: {err.strerror}")
     if holder is not None:
         return Outcome(job.name, LOCKED, f"running elsewhere: {locks.describe(holder)}")
-    if artifacts.is_complete(out):
+    if artifacts.is_complete(out):  # checked again under the lock: finished meanwhile
         locks.release(out)
-        return Outcome(job.name, DONE)
+        return Outcome(job.name, DONE, elsewhere=True)
     problem = input_problem(job)
     if problem:
         locks.release(out)
         return Outcome(job.name, BLOCKED, problem)
-    cache.remove_stale_temps(out)
-    cache.clear_failure(out)  # this attempt's outcome replaces the last one's
-    if job.record:
-        cache.write_record(out, job.record)
+    try:
+        cache.remove_stale_temps(out)
+        cache.clear_failure(out)  # this attempt's outcome replaces the last one's
+        if job.record:
+            cache.write_record(out, job.record)
+    except OSError as err:  # a read-only or full output directory: nothing was started
+        locks.release(out)
+        return Outcome(job.name, FAILED, f"cannot write beside {out}: {err.strerror}")
     return None
 
 
@@ -96,7 +107,12 @@ def _settle(job: StepJob, err: BaseException | None, seconds: float) -> Outcome:
             cache.clear_failure(out)
             return Outcome(job.name, DONE, None, seconds)
         err = err or WorldrepError(f"step '{job.name}' ended without finishing {out}")
-        return Outcome(job.name, FAILED, cache.record_failure(out, err)["error"], seconds)
+        try:
+            error = cache.record_failure(out, err)["error"]
+        except OSError as disk:  # a full disk: the outcome is still reported, not raised
+            error = (f"{type(err).__name__}: {err} (its failure record could not be "
+                     f"written: {disk.strerror})")
+        return Outcome(job.name, FAILED, error, seconds)
     finally:
         locks.release(out)
 
