@@ -56,7 +56,7 @@ def main(argv=None) -> int:
             seconds[kind] += s
             counts[kind] += 1
     total = sum(seconds.values())
-    print(f"| stage | steps | seconds | share |\n|---|---|---|---|")
+    print("| stage | steps | seconds | share |\n|---|---|---|---|")
     for kind, s in sorted(seconds.items(), key=lambda kv: -kv[1]):
         print(f"| {kind} | {counts[kind]} | {s:.1f} | {s / total:.0%} |")
     print(f"| all | {sum(counts.values())} | {total:.1f} | |")

@@ -63,9 +63,9 @@ def test_editing_a_task_formula_redoes_its_datasets_and_everything_downstream(so
     after = hashes(load_study("quickstart", sources=Sources(root=sources.root)))
     distance = {"world-distance", "atlantis-distance"}
     assert changed(before, after) == downstream(study, distance)
-    # The other tasks' datasets are kept (every model here trains on distance or starts from
-    # one that did, so all of them are downstream).
-    for kept in ("world", "world-angle", "atlantis-compass"):
+    # The compass datasets are kept (every model here trains on distance or starts from one
+    # that did, so all of them are downstream).
+    for kept in ("world", "world-compass", "atlantis-compass"):
         assert before[kept] == after[kept]
 
 
@@ -78,10 +78,7 @@ def test_editing_the_report_the_cli_the_engine_or_an_unused_task_redoes_nothing_
     path = sources.file(module)
     path.write_text(path.read_text() + "\n# an edit\n")
     after = hashes(load_study("quickstart", sources=Sources(root=sources.root)))
-    if module == "worldrep.tasks.angle":  # angle's datasets and what reads them only
-        assert changed(before, after) == downstream(study, {"world-angle", "atlantis-angle"})
-    else:
-        assert changed(before, after) == set()
+    assert changed(before, after) == set()  # the quickstart has no angle step
 
 
 def test_editing_one_analysis_redoes_that_analysis_only(sources):

@@ -16,7 +16,8 @@ from worldrep.cli import app
 from worldrep.study import load_study
 from worldrep.study.cache import study_states
 
-SECTIONS = ("Training", "Task metrics", "World maps from linear probes",
+SECTIONS = ("Findings", "The world inside the model", "How fast it learned", "Training",
+            "Task metrics", "World maps from linear probes",
             "Representational similarity (CKA)", "Atlantis reconstruction error",
             "Normalised improvement", "PCA views")
 # What a result is made of: tables, weights, representations, specs. Not logs with timings
@@ -64,7 +65,7 @@ def test_quickstart_at_tiny_scale_gives_the_same_bytes_in_any_directory(tmp_path
     assert set(first_bytes) == set(second_bytes)  # the same step directories
     kinds = {Path(p).parts[0] for p in first_bytes}
     assert {"dataset", "mixture", "train", "eval", "reps", "probe", "cka", "atlantis", "ni",
-            "pca"} <= kinds
+            "pca", "speed"} <= kinds
     assert any(p.endswith("model.safetensors") for p in first_bytes)
     differ = sorted(p for p in first_bytes if first_bytes[p] != second_bytes[p])
     assert differ == []
