@@ -28,7 +28,8 @@ that the compiled run stopped at N/2 and resumed (a fresh model, optimizer and c
 the saved weights and optimizer state) ends with bit-identical weights.
 
 Rates are steps per second of this process's CPU time (with one thread: steps/s on an idle
-core), so other jobs on a shared machine change them little. Compile time (the first steps of a compiled contender, cold or warm inductor cache as found)
+core), so other jobs on a shared machine change them little; with `--threads 2` and more they
+are wall-clock rates (run those on an idle machine). Compile time (the first steps of a compiled contender, cold or warm inductor cache as found)
 is printed separately and not in the rates.
 """
 
@@ -109,13 +110,15 @@ class Contender:
         self.tokens.append(int(tokens.sum()))
         self.index += 1
 
-    def timed(self, steps: int) -> float:
-        """Steps per second of this process's CPU time: on a machine that other jobs share,
-        time-slicing stretches the wall clock but not the CPU time a step needs."""
-        start = time.process_time()
+    def timed(self, steps: int, clock=time.process_time) -> float:
+        """Steps per second of this process's CPU time (on a machine that other jobs share,
+        time-slicing stretches the wall clock but not the CPU time a step needs), or of the
+        wall clock (`--threads` > 1: the CPU time of two threads is not the time a step
+        takes)."""
+        start = clock()
         for _ in range(steps):
             self.step()
-        return steps / (time.process_time() - start)
+        return steps / (clock() - start)
 
 
 def matmul_limit(size: tuple[int, int], tokens: int, dtype, reps: int) -> float:
@@ -151,9 +154,10 @@ def measure(size, batch, names, args, packages, rows) -> dict:
         compile_s[name] = time.perf_counter() - start
         contenders[name] = c
     rates: dict[str, list[float]] = {n: [] for n in names}
+    clock = time.process_time if args.threads == 1 else time.perf_counter
     for _ in range(args.rounds):
         for name, c in contenders.items():
-            rates[name].append(c.timed(args.steps))
+            rates[name].append(c.timed(args.steps, clock))
     tokens = float(np.mean(contenders[names[0]].tokens))
     params = contenders[names[0]].params
     gflop = 6 * params * tokens / 1e9

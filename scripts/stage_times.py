@@ -1,6 +1,7 @@
 """Where a study's time went, by stage: seconds summed per step kind from a runner's log, and
-each training step split into its training steps and the rest (compile, training-time
-evaluations, checkpoints), read from the run's metrics.jsonl.
+each training step split into its training steps, its first logged steps (which hold the
+compile, when the run compiles) and the rest (training-time evaluations, checkpoints, start),
+read from the run's metrics.jsonl.
 
     worldrep quickstart --out out/qs 2>&1 | tee qs.log
     python scripts/stage_times.py qs.log --out out/qs
@@ -21,18 +22,23 @@ from pathlib import Path
 DONE = re.compile(r"\] done\s+(\w+)\s+(\S+) \(([\d.]+)s\)")
 
 
-def training_seconds(out: Path, name: str) -> float | None:
-    """Seconds a run spent in its training steps (from its own throughput records)."""
-    runs = sorted((out / "train").glob(f"{name}-*/metrics.jsonl"))
+def training_seconds(out: Path, name: str) -> tuple[float, float] | None:
+    """(seconds of a run's first logged interval, which holds its compile, and seconds of its
+    other training steps), from its own throughput records."""
+    runs = sorted(p for p in (out / "train").glob(f"{name}-*/metrics.jsonl"))
     if not runs:
         return None
-    total, last = 0.0, 0
+    first, total, last = None, 0.0, 0
     for line in runs[-1].read_text().splitlines():
         record = json.loads(line)
         if record.get("steps_per_s"):
-            total += (record["step"] - last) / record["steps_per_s"]
+            seconds = (record["step"] - last) / record["steps_per_s"]
+            if first is None:
+                first = seconds
+            else:
+                total += seconds
             last = record["step"]
-    return total
+    return first or 0.0, total
 
 
 def main(argv=None) -> int:
@@ -46,12 +52,15 @@ def main(argv=None) -> int:
         if m := DONE.search(line):
             kind, name, s = m.group(1), m.group(2), float(m.group(3))
             if kind == "train" and args.out is not None:
-                steps = training_seconds(args.out, name)
-                if steps is not None:
-                    seconds["train: steps"] += steps
-                    seconds["train: compile, evaluations, checkpoints"] += s - steps
-                    counts["train: steps"] += 1
-                    counts["train: compile, evaluations, checkpoints"] += 1
+                split = training_seconds(args.out, name)
+                if split is not None:
+                    first, steps = split
+                    parts = {"train: steps": steps,
+                             "train: first logged steps (with the compile)": first,
+                             "train: evaluations, checkpoints, start": s - steps - first}
+                    for part, value in parts.items():
+                        seconds[part] += value
+                        counts[part] += 1
                     continue
             seconds[kind] += s
             counts[kind] += 1
