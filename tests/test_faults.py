@@ -193,7 +193,7 @@ def test_a_second_train_on_one_out_is_refused_while_the_first_runs(tmp_path, sma
                                                                    train_yaml):
     """Two `worldrep train ... --out X`: the second stops at once; X holds one run's records."""
     spec = yaml.safe_load(train_yaml.read_text())
-    long = write_yaml(tmp_path / "long.yaml", {**spec, "steps": 20_000,
+    long = write_yaml(tmp_path / "long.yaml", {**spec, "steps": 20_000, "compile": False,
                                                "checkpoints": {"every": 10}})
     out = tmp_path / "x"
     first = subprocess.Popen([sys.executable, "-m", "worldrep.cli", "train", str(long),
@@ -329,7 +329,7 @@ def test_status_says_when_a_resume_state_is_damaged(tmp_path):
 
 def test_a_runner_killed_mid_training_leaves_a_state_status_tells_truthfully(tmp_path):
     long_run = {**TRAIN_STUDY, "runs": [{**TRAIN_STUDY["runs"][0], "steps": 5000,
-                                         "checkpoints": {"every": 10}}]}
+                                         "compile": False, "checkpoints": {"every": 10}}]}
     path = write_yaml(tmp_path / "study.yaml", long_run)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "worldrep.cli", "run", str(path), "--out",

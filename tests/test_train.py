@@ -577,3 +577,30 @@ def test_the_validation_curve_beside_the_training_loss_is_the_same_loss(small_da
     assert [label for label, _, _ in loss_lines(records(out), "full")][:2] == [
         "train (whole-row loss)", "val distance (whole-row)"]
     assert (out / "curves.png").stat().st_size > 10_000
+
+
+def test_compile_auto_compiles_cpu_runs_long_enough_to_repay_it(monkeypatch):
+    import worldrep.train as train_module
+
+    spec = TrainSpec(data="-", device="cpu")
+    monkeypatch.setattr(train_module, "_cpu_compiler", lambda: "/usr/bin/g++")
+    assert not Runtime.of(spec, train_module.CPU_COMPILE_STEPS - 1).compile
+    assert Runtime.of(spec, train_module.CPU_COMPILE_STEPS).compile
+    assert not Runtime.of(spec).compile  # a length not known: eager
+    assert not Runtime.of(spec.model_copy(update={"compile": False}), 10**6).compile
+    assert Runtime.of(spec.model_copy(update={"compile": True}), 1).compile
+    monkeypatch.setattr(train_module, "_cpu_compiler", lambda: None)  # no C++ compiler
+    assert not Runtime.of(spec, 10**6).compile
+
+
+def test_the_answer_window_gives_the_loss_of_every_position(small_data):
+    """The LM head skips the targets before the batch's first answer: the same loss."""
+    from worldrep.model import init_model
+
+    rows = load_rows(small_data, "train", 256, "cpu")
+    ids, plen, _ = Batcher([rows], 16, [3]).get(0)
+    model = init_model(ModelSpec(preset="tiny"), 7)
+    first = int(plen.min()) - 1
+    assert first > 5  # the window really skips the prompt
+    full, windowed = model.loss(ids, plen), model.loss(ids, plen, first)
+    assert torch.allclose(full, windowed, atol=1e-6)
