@@ -50,23 +50,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from train_throughput import synthetic_distance_rows as distance_rows  # same directory
+
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "17ad4b1"
 LR, WARMUP, TOTAL = 2e-3, 50, 100_000
-
-
-def distance_rows(n: int, seed: int):
-    """Distance rows in the real format and length distribution (numpy only)."""
-    g = np.random.default_rng(seed)
-    xy = np.stack([g.integers(-1800, 1800, 6204), g.integers(-550, 750, 6204)], axis=1)
-    a, b = g.integers(0, 6204, (2, n))
-    dist = np.rint(np.hypot(*(xy[a] - xy[b]).T)).astype(np.int64)
-    ids = [np.char.zfill(v.astype(str), 4) for v in (a, b)]
-    prompts = np.char.add(np.char.add(np.char.add(np.char.add("dist(c_", ids[0]), ",c_"),
-                                      ids[1]), ")=")
-    texts = np.char.add(prompts, dist.astype(str))
-    # prompt_len counts <bos> and every prompt character up to and including '='
-    return texts, np.char.str_len(prompts).astype(np.int64) + 1
 
 
 def snapshot(rev: str) -> str:
