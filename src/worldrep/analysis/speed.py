@@ -33,7 +33,7 @@ from ..config import Strict
 from . import figures
 
 PERFECT = {"mean_error": 0.0, "accuracy": 1.0}
-LEARNED = 0.1
+LEARNED = 0.1  # the least share of the way from untrained to perfect that counts as learned
 CHECKPOINT = re.compile(r"/checkpoint-(\d+)$")
 SECONDS_FILE = "seconds.jsonl"
 
@@ -77,6 +77,12 @@ def probe_curve(table: pd.DataFrame, label: str, layer: int | None) -> pd.DataFr
                          "x": best["x_test_r2"].to_numpy(), "y": best["y_test_r2"].to_numpy()})
 
 
+def progress(metric: float, untrained: float, key: str) -> float:
+    """The share of the way from the untrained level to perfect that a metric has come."""
+    span = untrained - PERFECT[key]
+    return (untrained - metric) / span if span else 0.0
+
+
 def _first(steps: np.ndarray, hit: np.ndarray) -> int | None:
     where = np.flatnonzero(hit)
     return int(steps[where[0]]) if len(where) else None
@@ -95,13 +101,12 @@ def plateau_exit(curve: pd.DataFrame) -> dict:
     u = float(untrained.iloc[-1]) if len(untrained) else float(curve["value"].iloc[0])
     values, steps = curve["value"].to_numpy(), curve["step"].to_numpy()
     best = float(values.min() if key == "mean_error" else values.max())
-    span = u - PERFECT[key]
-    progress = (u - best) / span if span else 0.0
+    share = progress(best, u, key)
     half = (u + best) / 2
     hit = values <= half if key == "mean_error" else values >= half
-    step = _first(steps, hit) if progress >= LEARNED else None
+    step = _first(steps, hit) if share >= LEARNED else None
     return {"metric": key, "untrained": u, "best": best, "final": float(values[-1]),
-            "progress": progress, "plateau_step": step}
+            "progress": share, "plateau_step": step}
 
 
 def learning_speed(runs: dict[str, Path], probes: pd.DataFrame, spec: SpeedSpec | None = None,
@@ -129,8 +134,7 @@ def learning_speed(runs: dict[str, Path], probes: pd.DataFrame, spec: SpeedSpec 
             table.append({"run": label, "task": task, **exit_, **per_map})
             timing["plateau_s"][task] = _seconds(secs, exit_["plateau_step"])
             long += [{"run": label, "task": task, "step": int(s), "value": v,
-                      "progress": (exit_["untrained"] - v)
-                      / ((exit_["untrained"] - PERFECT[exit_["metric"]]) or 1.0)}
+                      "progress": progress(v, exit_["untrained"], exit_["metric"])}
                      for s, v in zip(curve["step"], curve["value"], strict=True)]
         long += [{"run": label, "task": "probe", "step": int(s), "x": x, "y": y}
                  for s, x, y in zip(maps["step"], maps["x"], maps["y"], strict=True)]

@@ -11,7 +11,8 @@ is held against its band every model the finding reads is checked:
 - a map, for findings that compare maps (CKA, convergence, Atlantis, transfer): held-out probe
   R² of at least `MAP_R2` (0.5) in x and in y, at the best layer a probe of the study read.
 
-A finding is "inconclusive" when a model fails a check (or a check cannot be made: no world
+(`LEARNED`, `PERFECT` and `progress` are the learning-speed analysis's: one meaning of
+"learned" for the speed map and for the findings.) A finding is "inconclusive" when a model fails a check (or a check cannot be made: no world
 evaluation, no probe), naming each model and why; otherwise it is "shown" when its value lies
 in its band and "not shown" when it does not. `world-map` needs only the tasks learned: a
 learned task without a map is "not shown", which is a result.
@@ -25,11 +26,10 @@ from pathlib import Path
 import pandas as pd
 
 from .. import artifacts
+from ..analysis.speed import LEARNED, PERFECT, progress
 from .load import Study
 
-LEARNED = 0.1  # the least share of the way from untrained to perfect that counts as learned
 MAP_R2 = 0.5  # the least held-out probe R² in x and in y that counts as a map
-PERFECT = {"mean_error": 0.0, "accuracy": 1.0}
 
 
 def _runs_of_reps(study: Study, reps_items: list, labels=None) -> list[str]:
@@ -91,12 +91,6 @@ def finding_models(study: Study, measure: str, args: dict) -> tuple[list[str], b
         return [], False
     runs, maps = READS[measure](study, **args)
     return list(dict.fromkeys(runs)), maps
-
-
-def progress(metric: float, untrained: float, key: str) -> float:
-    """The share of the way from the untrained level to perfect that a metric has come."""
-    span = untrained - PERFECT[key]
-    return (untrained - metric) / span if span else 0.0
 
 
 def learned(study: Study, out: Path, run: str) -> tuple[bool, dict]:
