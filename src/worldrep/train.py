@@ -509,6 +509,8 @@ class Step:
         opt.scaled = runtime.scaled
         device = opt.flat.device
         self.answer = torch.tensor(answer, device=device)[:, None] if any(answer or []) else None
+        # the same flags on the host, for `_first` (no device copy on the hot path)
+        self._answer_host = self.answer.cpu() if self.answer is not None else None
 
         def loss_fn(ids, plen, first):
             with runtime.autocast_ctx():
@@ -555,7 +557,7 @@ class Step:
         read of plen, so only off the CUDA-graph path (whose shapes are static)."""
         if self.answer is None:
             return 0
-        return max(int((plen.cpu() * self.answer.cpu()).min()) - 1, 0)
+        return max(int((plen.cpu() * self._answer_host).min()) - 1, 0)
 
     def _capture(self, ids: torch.Tensor, plen: torch.Tensor):
         ids_buf, plen_buf = ids.clone(), plen.clone()
