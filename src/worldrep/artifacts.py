@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +72,22 @@ def save_npz(path: str | Path, **arrays) -> None:
                 np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
+def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """One file written whole or not at all: `write(tmp)` fills a temporary beside `path`,
+    which then replaces it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
         raise
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=1, sort_keys=True, default=str)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_spec(directory: str | Path, spec: dict) -> None:
