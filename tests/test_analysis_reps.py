@@ -20,8 +20,8 @@ from worldrep.analysis.reps import (
     read_positions,
     reps_series,
 )
+from worldrep.checkpoints import list_checkpoints, select_checkpoints
 from worldrep.errors import WorldrepError
-from worldrep.model import list_checkpoints, select_checkpoints
 from worldrep.tasks import get_task
 from worldrep.tokenizer import build_hf_tokenizer, encode
 

@@ -14,11 +14,12 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from typer.testing import CliRunner
 
 from worldrep import artifacts, evaluate, tokenizer
+from worldrep.checkpoints import select_checkpoints
 from worldrep.cli import app
 from worldrep.data import DatasetSpec, load_split, make_dataset
 from worldrep.errors import WorldrepError
 from worldrep.evaluate import evaluate_frame, evaluate_run, greedy_generate, summarize
-from worldrep.model import StackedQwen2, from_hf, select_checkpoints
+from worldrep.model import StackedQwen2, from_hf
 from worldrep.tasks import get_task
 
 

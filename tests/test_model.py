@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
 from worldrep import tokenizer
+from worldrep.checkpoints import load_checkpoint, save_checkpoint
 from worldrep.errors import WorldrepError
 from worldrep.model import (
     ModelSpec,
@@ -17,8 +18,6 @@ from worldrep.model import (
     hf_config,
     init_model,
     init_state_dict,
-    load_checkpoint,
-    save_checkpoint,
     select,
     spec_from_hf_config,
     stack,

@@ -20,9 +20,10 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from worldrep import artifacts
+from worldrep.checkpoints import load_checkpoint
 from worldrep.data import DatasetSpec, make_dataset
 from worldrep.errors import WorldrepError
-from worldrep.model import StackedQwen2, load_checkpoint
+from worldrep.model import StackedQwen2
 from worldrep.train import (
     PackError,
     Run,

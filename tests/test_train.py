@@ -19,9 +19,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from worldrep import artifacts
+from worldrep.checkpoints import load_checkpoint
 from worldrep.data import DatasetSpec, load_split, make_dataset
 from worldrep.errors import WorldrepError
-from worldrep.model import ModelSpec, StackedQwen2, init_model, load_checkpoint
+from worldrep.model import ModelSpec, StackedQwen2, init_model
 from worldrep.train import (
     AdamW,
     Batcher,

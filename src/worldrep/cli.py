@@ -271,7 +271,7 @@ def analyze_reps(
 
     spec = load_config(R.RepSpec, config, task=task, layers=layer or None,
                        positions=position or None, cities=cities, min_id=min_id, device=device)
-    from .model import select_checkpoints
+    from .checkpoints import select_checkpoints
 
     several = not (source / "config.json").is_file() and (checkpoint == "all" or "," in checkpoint)
     inputs = {"run or checkpoint": source, "world": world}

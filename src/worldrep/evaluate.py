@@ -30,7 +30,6 @@ task, `summarize` reports `n`, `valid_rate` and, by the task's metric kind:
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,16 +40,10 @@ import torch
 import yaml
 
 from . import artifacts, tokenizer
+from .checkpoints import checkpoint_hash, checkpoint_order, load_checkpoint, select_checkpoints
 from .devices import resolve_device
 from .errors import WorldrepError
-from .model import (
-    StackedQwen2,
-    checkpoint_hash,
-    from_hf,
-    select_checkpoints,
-    to_hf,
-)
-from .model import load_checkpoint as load_compact
+from .model import StackedQwen2, from_hf, to_hf
 from .tasks import get_task
 from .tasks.common import PARSERS, parse_int, parse_whole_int
 
@@ -452,8 +445,8 @@ def _siblings(path: Path, most: int = 12) -> str:
     return f"; {parent} holds: {shown or 'no directories'}"
 
 
-def load_rows(data_dir: str | Path, split: str = "test", limit: int | None = None
-              ) -> pd.DataFrame:
+def load_eval_frame(data_dir: str | Path, split: str = "test", limit: int | None = None
+                    ) -> pd.DataFrame:
     """The rows to evaluate: the first `limit` rows of a dataset split, in order."""
     from .data import SPLITS
 
@@ -473,23 +466,13 @@ def load_rows(data_dir: str | Path, split: str = "test", limit: int | None = Non
     return frame.iloc[:limit].reset_index(drop=True) if limit else frame
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "auto") -> StackedQwen2:
-    """A checkpoint as the compact model, in eval mode on `device`."""
-    return load_compact(path, resolve_device(device)).eval()
-
-
-def _checkpoint_order(name: str) -> tuple[int, int]:
-    m = re.fullmatch(r"checkpoint-(\d+)", name)
-    return (0, int(m.group(1))) if m else (1, 0)
-
-
 def _combined_summary(eval_dir: Path, like: dict) -> dict:
     """checkpoint -> task -> metrics over every finished checkpoint evaluation in `eval_dir`
     made from the same run, dataset, split and limit."""
     same = ("run", "dataset_hash", "split", "limit", "parse")
     combined = {}
     for sub in sorted((p for p in eval_dir.iterdir() if artifacts.is_complete(p)),
-                      key=lambda p: _checkpoint_order(p.name)):
+                      key=lambda p: checkpoint_order(p.name)):
         try:
             spec = yaml.safe_load((sub / artifacts.SPEC).read_text()) or {}
         except (OSError, yaml.YAMLError):
@@ -518,7 +501,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
         raise WorldrepError(f"unknown parse '{parse}'; allowed: {', '.join(PARSERS)}")
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     chosen = select_checkpoints(run_dir, checkpoints)
-    frame = load_rows(data_dir, split, limit)
+    frame = load_eval_frame(data_dir, split, limit)
     from .data import dataset_world
 
     world = dataset_world(data_dir)
@@ -554,7 +537,7 @@ def _evaluate_checkpoint(checkpoint: Path, frame, world, spec: dict, target: Pat
                          batch_size: int | None, device: torch.device, where: dict,
                          parse: str = "strict") -> None:
     start = time.time()
-    model = load_checkpoint(checkpoint, device)
+    model = load_checkpoint(checkpoint, device).eval()
     results = evaluate_frame(model, frame, world, batch_size, device, parse=parse)
     with artifacts.artifact_dir(target, "eval") as tmp:
         results.to_parquet(tmp / "eval.parquet", index=False)

@@ -10,20 +10,14 @@ This module is the only implementation of the forward pass: training (`loss`), r
 extraction (`hidden(..., every_layer=True)`) and greedy decoding (`extend`, over a KV cache) all
 run the same `Block`, `attention` and RoPE.
 
-The HF module is used only at the edges: checkpoints are plain Qwen2 directories (config.json,
-model.safetensors, tokenizer) that `AutoModelForCausalLM.from_pretrained` loads, and
-`to_hf_state_dict` / `load_hf_state_dict` convert between the two layouts (q/k/v and gate/up
-are fused here, separate there). `list_checkpoints` / `select_checkpoints` are the one way to
-name a run's checkpoints (final, last, all).
+The HF module is used only at the edges: `to_hf_state_dict` / `load_hf_state_dict` convert
+between the two layouts (q/k/v and gate/up are fused here, separate there), and `hf_config` /
+`spec_from_hf_config` between a ModelSpec and a Qwen2 config. Checkpoints on disk (plain Qwen2
+directories) and the names of a run's checkpoints are worldrep.checkpoints'.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import pydantic
@@ -31,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import artifacts, tokenizer
+from . import tokenizer
 from .config import Strict
 from .errors import WorldrepError
 from .seeding import torch_seed
@@ -47,8 +41,6 @@ PRESETS: dict[str, dict[str, int]] = {
 DIMS = ("hidden", "layers", "heads", "kv_heads", "intermediate")
 # What makes two models the same function (init_scale only matters before training).
 ARCH_FIELDS = DIMS + ("vocab", "max_positions", "rope_theta", "rms_eps")
-WEIGHTS_FILE = "model.safetensors"
-INFO_FILE = "worldrep.json"
 
 
 class ModelSpec(Strict):
@@ -176,6 +168,20 @@ def attention(q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k = q.to(v.dtype), k.to(v.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                           **extra)
+
+
+def counted_targets(ids: torch.Tensor, prompt_len: torch.Tensor | None = None,
+                    first: int = 0) -> torch.Tensor:
+    """Which next-token targets of right-padded rows ids [K, B, T] a loss counts (bool
+    [K, B, T-1-first], targets `first`+1 .. T-1): every target that is not a pad (<bos> is
+    never one: the reference's full-sequence loss), or with `prompt_len` [K, B] only the
+    targets after the answer '=' (<eos> included). The one answer mask of worldrep: training
+    and the training-time evaluation both ask it."""
+    keep = ids[:, :, first + 1:] != tokenizer.PAD
+    if prompt_len is not None:
+        answer = torch.arange(first + 1, ids.shape[2], device=ids.device) >= prompt_len[..., None]
+        keep = keep & answer
+    return keep
 
 
 class Block(nn.Module):
@@ -326,16 +332,13 @@ class StackedQwen2(nn.Module):
         loss), or with `prompt_len` [K, B] only the targets after the answer '=' (<eos>
         included). Targets before `first` are left out (the LM head never sees their
         positions): a caller that knows no counted target lies there saves the work."""
-        k, b, t = ids.shape
+        k = ids.shape[0]
         h = self.hidden(ids)[:, :, first:-1]
         logits = linear(h.reshape(k, -1, h.shape[-1]), self.lm_head)
         targets = ids[:, :, first + 1:]
         ce = F.cross_entropy(logits.float().reshape(-1, self.spec.vocab), targets.reshape(-1),
                              reduction="none").view(targets.shape)
-        keep = targets != tokenizer.PAD
-        if prompt_len is not None:
-            keep = keep & (torch.arange(first + 1, t, device=ids.device) >= prompt_len[..., None])
-        return ce, keep
+        return ce, counted_targets(ids, prompt_len, first)
 
     def loss(self, ids: torch.Tensor, prompt_len: torch.Tensor | None = None,
              first: int = 0) -> torch.Tensor:
@@ -534,128 +537,7 @@ def spec_from_hf_config(config: dict, where: str = "checkpoint") -> ModelSpec:
         init_scale=config.get("initializer_range", 0.1))
 
 
-def save_checkpoint(model: StackedQwen2, out: str | Path, k: int = 0,
-                    info: dict | None = None) -> Path:
-    """Write model k as an HF Qwen2 directory (atomically: temp dir, then rename)."""
-    from safetensors.torch import save_file
-    from transformers import GenerationConfig
-
-    state = to_hf_state_dict(model, k)
-    with artifacts.artifact_dir(out, "checkpoint", marker=INFO_FILE) as tmp:
-        hf_config(model.spec).save_pretrained(tmp)
-        GenerationConfig(bos_token_id=tokenizer.BOS, eos_token_id=tokenizer.EOS,
-                         pad_token_id=tokenizer.PAD, do_sample=False).save_pretrained(tmp)
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        tokenizer.save_hf_tokenizer(tmp)
-        payload = {"model": model.spec.model_dump(mode="json"), **(info or {})}
-        (tmp / INFO_FILE).write_text(json.dumps(payload, indent=1))
-    return Path(out)
-
-
-def read_checkpoint_spec(path: str | Path) -> ModelSpec:
-    path = Path(path)
-    if not (path / "config.json").is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise WorldrepError(f"no model checkpoint at {path} (needs config.json and "
-                            f"{WEIGHTS_FILE})")
-    return spec_from_hf_config(json.loads((path / "config.json").read_text()), where=str(path))
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The weights of an HF checkpoint directory, by HF name."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(Path(path) / WEIGHTS_FILE))
-    except (OSError, SafetensorError) as err:
-        raise WorldrepError(f"cannot load the checkpoint at {path}: {err}") from None
-
-
-def load_checkpoint(path: str | Path, device=None) -> StackedQwen2:
-    """A K=1 compact model from an HF Qwen2 checkpoint directory."""
-    model = StackedQwen2(read_checkpoint_spec(path), k=1)
-    load_hf_state_dict(model, read_weights(path))
-    return model.to(device) if device is not None else model
-
-
-def checkpoint_hash(path: str | Path) -> str:
-    """A fingerprint of a checkpoint's config and weights (not of where it lies)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for f in [path / "config.json", *sorted(path.glob("*.safetensors"))]:
-        if f.is_file():
-            digest.update(f.name.encode())
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def describe(spec: ModelSpec) -> str:
     return (f"Qwen2 hidden {spec.hidden}, {spec.layers} layers, {spec.heads} heads "
             f"({spec.kv_heads} kv), MLP {spec.intermediate}: "
             f"{spec.n_params / 1e6:.2f}M parameters")
-
-
-# -- a run's checkpoints -------------------------------------------------------------------------
-STEP_RE = re.compile(r"checkpoint-(\d+)")
-
-
-def _checkpoint_dirs(run_dir: str | Path) -> tuple[Path, list[tuple[int, Path]], Path | None]:
-    """(where, [(step, checkpoint-<step>)] by step, final or None) of a run directory (or of
-    its checkpoints/ directory); unfinished writes (.name.tmp-PID) are not checkpoints."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise WorldrepError(f"no run directory at {run_dir}")
-    root = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
-    found = {p.name: p for p in root.iterdir() if (p / "config.json").is_file()}
-    numbered = sorted((int(m.group(1)), p) for n, p in found.items() if (m := STEP_RE.fullmatch(n)))
-    if not numbered and "final" not in found:
-        raise WorldrepError(f"{root} holds no checkpoint (no checkpoint-<step>/ or final/ with a "
-                            "config.json)")
-    return root, numbered, found.get("final")
-
-
-def _repeats(final: Path, step: int, last: Path) -> bool:
-    """Is `final` the checkpoint of `step` again: by the step the trainer records in
-    worldrep.json, else (another trainer's checkpoints) by identical weight files?"""
-    try:
-        recorded = json.loads((final / INFO_FILE).read_text()).get("step")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    if isinstance(recorded, int):
-        return recorded == step
-    a, b = final / WEIGHTS_FILE, last / WEIGHTS_FILE
-    return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """A run's timeline: checkpoint-<step> by step, then final, unless final is the last
-    numbered checkpoint again (the trainer writes both at the last step), so that no step
-    appears twice."""
-    _, numbered, final = _checkpoint_dirs(run_dir)
-    timeline = [p for _, p in numbered]
-    if final is not None and not (numbered and _repeats(final, *numbered[-1])):
-        timeline.append(final)
-    return timeline
-
-
-def select_checkpoints(run_dir: str | Path, which: str | Sequence[str | int] = "final"
-                       ) -> list[Path]:
-    """Checkpoints of a run: 'all' (the timeline of `list_checkpoints`), 'last' (the newest
-    one: the end of that timeline), or names and steps as a list or comma list ('final',
-    'checkpoint-20' or '20')."""
-    if isinstance(which, str) and which.strip() in ("all", "last"):
-        timeline = list_checkpoints(run_dir)
-        return timeline if which.strip() == "all" else timeline[-1:]
-    root, numbered, final = _checkpoint_dirs(run_dir)
-    named = {p.name: p for _, p in numbered} | ({"final": final} if final else {})
-    chosen: list[Path] = []
-    for item in (str(i).strip() for i in (which.split(",") if isinstance(which, str) else which)):
-        name = f"checkpoint-{int(item)}" if item.isdigit() else item
-        if name not in named:
-            raise WorldrepError(f"no checkpoint '{item}' in {root}; available: "
-                                f"{', '.join(named)} (or 'all', 'last')")
-        if named[name] not in chosen:
-            chosen.append(named[name])
-    if not chosen:
-        raise WorldrepError(f"no checkpoint named; available: {', '.join(named)}")
-    return chosen

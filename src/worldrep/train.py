@@ -47,21 +47,24 @@ import torch
 import torch.nn.functional as F
 
 from . import artifacts, tokenizer
+from .checkpoints import (
+    checkpoint_hash,
+    read_checkpoint_spec,
+    read_weights,
+    save_checkpoint,
+    select_checkpoints,
+)
 from .config import Strict, parse_config
 from .devices import resolve_device
 from .errors import WorldrepError
 from .model import (
     ModelSpec,
     StackedQwen2,
-    checkpoint_hash,
+    counted_targets,
     describe,
     init_state_dict,
     load_hf_state_dict,
-    read_checkpoint_spec,
-    read_weights,
-    save_checkpoint,
     select,
-    select_checkpoints,
 )
 from .seeding import rng as make_rng
 from .tracking import Trackers
@@ -635,10 +638,8 @@ class Evaluator:
             with self.rt.autocast_ctx():
                 ce, keep = model.token_loss(ids)
             ce = ce.float()[0]
-            keep = keep[0]
-            after = keep & (torch.arange(1, width, device=ids.device) >= plen[0, :, None])
-            full[:, sl] = _sums(ce, keep)
-            answer[:, sl] = _sums(ce, after)
+            full[:, sl] = _sums(ce, keep[0])
+            answer[:, sl] = _sums(ce, counted_targets(ids, plen)[0])
         out = {}
         for task in np.unique(self.tasks):
             rows = self.tasks == task

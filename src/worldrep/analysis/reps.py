@@ -183,7 +183,7 @@ def city_rows(world: World, spec: RepSpec) -> np.ndarray:
 def extract_representations(checkpoint_dir: str | Path, world_dir: str | Path | World,
                             spec: RepSpec | None = None, out: str | Path = "reps") -> Path:
     """Read every selected city's representation from one checkpoint into `out/reps.npz`."""
-    from ..model import checkpoint_hash, load_checkpoint
+    from ..checkpoints import checkpoint_hash, load_checkpoint
 
     spec = spec or RepSpec()
     world = world_dir if isinstance(world_dir, World) else load_world(world_dir)
@@ -205,12 +205,12 @@ def extract_representations(checkpoint_dir: str | Path, world_dir: str | Path | 
 
 def extract_run(run_dir: str | Path, world_dir: str | Path | World, spec: RepSpec | None = None,
                 out: str | Path = "reps", checkpoints: str = "all") -> dict[str, Path]:
-    """Representations of several checkpoints of a run (`worldrep.model.select_checkpoints`:
+    """Representations of several checkpoints of a run (`worldrep.checkpoints.select_checkpoints`:
     all, last, final, or a comma list), one artifact dir each: out/<name>/.
 
     Finished directories (with a manifest) are kept, so an interrupted sweep resumes.
     """
-    from ..model import select_checkpoints
+    from ..checkpoints import select_checkpoints
 
     spec = spec or RepSpec()
     chosen = select_checkpoints(run_dir, checkpoints)
@@ -265,16 +265,11 @@ def load_reps(path: str | Path) -> Reps:
 
 def reps_series(path: str | Path) -> dict[str, Path]:
     """Checkpoint name -> reps dir for a directory written by `extract_run`, in step order."""
-    from ..model import STEP_RE
+    from ..checkpoints import checkpoint_order
 
     path = Path(path)
     subdirs = [p for p in path.iterdir() if p.is_dir() and (p / REPS_FILE).is_file()] \
         if path.is_dir() else []
     if not subdirs:
         raise WorldrepError(f"{path} holds no checkpoint representations (<name>/{REPS_FILE})")
-
-    def order(p: Path):
-        m = STEP_RE.fullmatch(p.name)
-        return (0, int(m.group(1)), "") if m else (1, 0, p.name)
-
-    return {p.name: p for p in sorted(subdirs, key=order)}
+    return {p.name: p for p in sorted(subdirs, key=lambda p: checkpoint_order(p.name))}

@@ -29,12 +29,13 @@ import pandas as pd
 import pydantic
 
 from .. import artifacts
+from ..checkpoints import STEP_RE
 from ..config import Strict
 from . import figures
 
 PERFECT = {"mean_error": 0.0, "accuracy": 1.0}
 LEARNED = 0.1  # the least share of the way from untrained to perfect that counts as learned
-CHECKPOINT = re.compile(r"/checkpoint-(\d+)$")
+CHECKPOINT = re.compile(rf"/{STEP_RE.pattern}$")  # a probe label's checkpoint step
 SECONDS_FILE = "seconds.jsonl"
 
 

@@ -398,7 +398,7 @@ class RepsKind(StepKind):
 
     def run(self, spec, inputs, out):
         from ..analysis.reps import RepSpec, extract_representations, extract_run
-        from ..model import select_checkpoints
+        from ..checkpoints import select_checkpoints
 
         rep = _analysis_spec(RepSpec, spec, self.OWN)
         run_dir, world = inputs[spec["run"]], inputs[spec["world"]]
