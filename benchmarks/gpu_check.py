@@ -100,12 +100,12 @@ def stack(k: int, sizes: Sizes, rt, rows):
     """K runs as `train_packed` stacks them: own seeds (so own data orders) and learning
     rates, every other run with the answer-only loss."""
     from worldrep.model import ModelSpec, init_model
-    from worldrep.train import AdamW, Batcher, Step
+    from worldrep.train import AdamW, Batcher, TrainStep
 
     seeds = list(range(42, 42 + k))
     model = init_model(ModelSpec(preset=sizes.model), seeds, device=rt.device)
     opt = AdamW(model, [3e-4 * (1 + 0.1 * i) for i in range(k)], 10_000, 20, 0.01)
-    step = Step(model, opt, rt, [i % 2 == 1 for i in range(k)])
+    step = TrainStep(model, opt, rt, [i % 2 == 1 for i in range(k)])
     return opt, step, Batcher([rows] * k, sizes.batch, seeds, rt.pad_multiple)
 
 
@@ -127,7 +127,7 @@ def trajectory(k: int, sizes: Sizes, rt, rows) -> tuple[dict, tuple]:
         if k > 1 and s == sizes.wait[1] - 1:
             frozen = bool(torch.equal(frozen, opt.flat[k - 1]))
     return ({"losses": np.array(losses), "weights": opt.flat.float().cpu(),
-             "updates": opt.step.cpu(), "frozen": frozen}, (opt, step, batches))
+             "updates": opt.updates.cpu(), "frozen": frozen}, (opt, step, batches))
 
 
 def deviation(a: dict, b: dict) -> dict:
@@ -202,7 +202,7 @@ def eval_rate(sizes: Sizes, device, texts, engine: str, budget: int, n: int) -> 
 
 
 def fake_record(self, step_fn):
-    """--dry-run's stand-in for Step._record (no CUDA graph on a CPU): the warm-ups run for
+    """--dry-run's stand-in for TrainStep._record (no CUDA graph on a CPU): the warm-ups run for
     real, as on the GPU, and 'replaying' calls the step, so _capture's buffers and undoing
     of the warm-ups are exercised."""
     for _ in range(3):
@@ -222,11 +222,11 @@ def main(argv=None) -> int:
 
     from train_throughput import run_hf_bare, synthetic_distance_rows
     from worldrep.model import ModelSpec
-    from worldrep.train import Rows, Step
+    from worldrep.train import Rows, TrainStep
 
     sizes, device = (DRY, torch.device("cpu")) if args.dry_run else (FULL, torch.device("cuda"))
     if args.dry_run:
-        Step._record = fake_record
+        TrainStep._record = fake_record
         torch.set_num_threads(1)  # tiny models: fastest on one thread, also on a busy CPU
     began = time.perf_counter()
     texts, prompt_len = synthetic_distance_rows(sizes.rows, 42)

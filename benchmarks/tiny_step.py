@@ -1,7 +1,7 @@
 """The CPU studies' training step against this machine's matmul rate.
 
 Every CPU study (quickstart, findings, the learning-speed sweeps) is bounded by how many steps
-of a tiny model one core can do. This script measures worldrep's `Step` (batch, forward,
+of a tiny model one core can do. This script measures worldrep's `TrainStep` (batch, forward,
 backward, clipped AdamW; exactly what `worldrep train` runs) at the sizes those studies use,
 and, in the same run, the rate at which this core multiplies the step's own matmul shapes
 (every linear's forward, input-gradient and weight-gradient product), in fp32 and bf16. So
@@ -89,7 +89,8 @@ class Contender:
         self.params = sum(p[0].numel() for p in model.parameters())
         opt = train.AdamW(model, LR, TOTAL, WARMUP, 0.01)
         self.batches = train.Batcher([train.Rows.from_texts(*rows)], batch, [42])
-        self.step_fn = train.Step(model, opt, runtime, [True])
+        step_class = getattr(train, "TrainStep", None) or train.Step  # older copies: Step
+        self.step_fn = step_class(model, opt, runtime, [True])
         self.index, self.tokens = 0, []
 
     def step(self) -> None:
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "CPU") if Path("/proc/cpuinfo").exists() \
         else "CPU"
-    from worldrep.train import _cpu_has_bf16
+    from worldrep.train.runtime import _cpu_has_bf16
 
     print(f"{cpu}; {args.threads} thread(s); native bf16: {_cpu_has_bf16()}; "
           f"torch {torch.__version__}; {args.rounds} rounds x {args.steps} steps")

@@ -6,7 +6,7 @@ Contenders (reference model: hidden 128, 6 layers, 4 heads, MLP 512; batch 128; 
              schedule, clipping 1.0 (fp16 AMP on CUDA, as the reference). Needs `accelerate`.
   hf-bare    the HF Qwen2ForCausalLM module in a minimal loop over pre-tokenised batches
              (fused torch AdamW, clipping, the same schedule).
-  worldrep   worldrep.train's loop: Batcher + Step + AdamW exactly as `worldrep train` runs
+  worldrep   worldrep.train's loop: Batcher + TrainStep + AdamW exactly as `worldrep train` runs
              them, a pack of one (on CUDA: bf16 autocast, torch.compile, one CUDA graph per
              batch shape).
   worldrep-eager  (CUDA only) the same loop without compile and graphs.
@@ -24,7 +24,7 @@ so that background load hits them alike, and the median round is reported.
 
 Packing (`--pack 1,7`; on CUDA the default K list is 1,7,42): K independent runs of the
 reference model, each with its own rows (a permutation of the data), seed and learning rate,
-trained as one pack (worldrep.train: the K-run Batcher, a stacked Step, per-model AdamW)
+trained as one pack (worldrep.train: the K-run Batcher, a stacked TrainStep, per-model AdamW)
 against the same K runs trained one after another, each as a pack of one. Both are
 reported in model-steps/s. On CPU the two are timed step by step in alternation (medians), so a
 shared machine's changing load hits both alike; on CUDA in blocks of timed steps.
@@ -113,7 +113,7 @@ def _timed(step, warmup: int, steps: int, device) -> float:
 def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
                  precision="auto", track=()) -> float:
     from worldrep.tracking import Trackers
-    from worldrep.train import AdamW, Batcher, Rows, Runtime, Step, TrainSpec
+    from worldrep.train import AdamW, Batcher, Rows, Runtime, TrainSpec, TrainStep
 
     options = {"compile": False, "cuda_graphs": False} if eager else {}
     spec = TrainSpec(data="-", device=str(device), precision=precision, **options)
@@ -125,7 +125,7 @@ def run_worldrep(texts, prompt_len, device, warmup, steps, eager=False,
     opt = AdamW(model, 3e-4, total, o.warmup_steps, o.weight_decay, o.betas, o.eps,
                 o.grad_clip)
     batcher = Batcher([rows], BATCH, [spec.seed], rt.pad_multiple)
-    stepper = Step(model, opt, rt, [False])
+    stepper = TrainStep(model, opt, rt, [False])
     state = {"step": 0}
     logdir = tempfile.TemporaryDirectory() if track else None
     trackers = Trackers(list(track), Path(logdir.name), "bench", {}, 0) if track else None
@@ -260,7 +260,7 @@ def _packed_step(texts, prompt_len, device, k: int, total: int, stack: int | Non
                  seeds: list[int] | None = None):
     """One step of K runs trained as one pack (own rows, seeds and learning rates), stacked
     as train_packed stacks them (models_per_stack: all on CUDA, one at a time on CPU)."""
-    from worldrep.train import AdamW, Batcher, Rows, Runtime, Step, TrainSpec, models_per_stack
+    from worldrep.train import AdamW, Batcher, Rows, Runtime, TrainSpec, TrainStep, models_per_stack
 
     rt = Runtime.of(TrainSpec(data="-", device=str(device)))
     spec = ModelSpec()
@@ -276,7 +276,7 @@ def _packed_step(texts, prompt_len, device, k: int, total: int, stack: int | Non
         model = init_model(spec, part, device=rt.device)
         opt = AdamW(model, [3e-4 * (1 + 0.1 * (s - 42)) for s in part], total, 50, 0.01)
         batcher = Batcher(rows[first:first + per], BATCH, part, rt.pad_multiple)
-        stacks.append((batcher, Step(model, opt, rt, [False] * len(part))))
+        stacks.append((batcher, TrainStep(model, opt, rt, [False] * len(part))))
     state = {"step": 0}
 
     def step():

@@ -504,7 +504,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch, 
 
 
 def test_a_write_that_fails_midway_leaves_no_temporary(tmp_path):
-    from worldrep.train import _write_atomic
+    from worldrep.artifacts import write_atomic
 
     target = tmp_path / "resume" / "state.pt"
     target.parent.mkdir()
@@ -515,7 +515,7 @@ def test_a_write_that_fails_midway_leaves_no_temporary(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError):
-        _write_atomic(target, half_then_full)  # how resume/state.pt is written
+        write_atomic(target, half_then_full)  # how resume/state.pt is written
     assert target.read_bytes() == b"old state" and not leftovers(tmp_path)
 
 

@@ -27,8 +27,8 @@ from worldrep.model import StackedQwen2
 from worldrep.train import (
     PackError,
     Run,
-    Step,
     TrainSpec,
+    TrainStep,
     models_per_stack,
     train,
     train_packed,
@@ -189,7 +189,7 @@ def test_packed_checkpoint_loads_in_plain_transformers(packed_60):
 # -- resume -----------------------------------------------------------------------------------
 def interrupt_at(monkeypatch, n: int) -> None:
     calls = {"n": 0}
-    original = Step.__call__
+    original = TrainStep.__call__
 
     def interrupted(self, ids, plen):
         calls["n"] += 1
@@ -197,7 +197,7 @@ def interrupt_at(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt
         return original(self, ids, plen)
 
-    monkeypatch.setattr(Step, "__call__", interrupted)
+    monkeypatch.setattr(TrainStep, "__call__", interrupted)
 
 
 # A pack in a child process that stops (and waits to be killed) inside run 1's step-40 write:
@@ -297,13 +297,13 @@ def test_pack_killed_while_finishing_finishes_the_rest(datasets, packed_60, tmp_
     resumed = [torch.load(o / "resume" / "state.pt", weights_only=True)["step"] for o in outs]
     assert resumed == [60, 60, 40]
     active = []
-    original_call = Step.__call__
+    original_call = TrainStep.__call__
 
     def record_active(self, ids, plen):
         active.append(self.opt.active.tolist())
         return original_call(self, ids, plen)
 
-    monkeypatch.setattr(Step, "__call__", record_active)
+    monkeypatch.setattr(TrainStep, "__call__", record_active)
     train_packed(three_specs(datasets), outs, stack=3)
     # Run 1 finishes from its saved state and waits in its slot while run 2 steps 40 -> 60.
     assert active == [[0.0, 1.0]] * 20 and all(artifacts.is_complete(o) for o in outs)
@@ -379,7 +379,7 @@ def test_study_yaml_round_trip_of_run_spec(datasets, tmp_path):
 # -- the study runner -------------------------------------------------------------------------
 def stack_all(monkeypatch) -> None:
     """Packs step as one stacked model on CPU too (as on CUDA)."""
-    from worldrep import train as training
+    from worldrep.train import loop as training
 
     monkeypatch.setattr(training, "models_per_stack", lambda k, device: k)
 

@@ -29,8 +29,8 @@ from worldrep.train import (
     Cadence,
     Rows,
     Runtime,
-    Step,
     TrainSpec,
+    TrainStep,
     load_rows,
     load_spec,
     train,
@@ -112,9 +112,9 @@ def test_stacked_step_keeps_per_model_lr_schedule_and_clipping():
     stacked = init_model(spec, [1, 2])
     opt = AdamW(stacked, total_steps=[5, 9], **{k: [s[k] for s in settings] for k in settings[0]})
     rt = Runtime.of(TrainSpec(data="-", device="cpu"))
-    step = Step(stacked, opt, rt, answer=[True, True])
+    step = TrainStep(stacked, opt, rt, answer=[True, True])
     singles = [init_model(spec, seed) for seed in (1, 2)]
-    single_steps = [Step(m, AdamW(m, total_steps=t, **s), rt, answer=[True])
+    single_steps = [TrainStep(m, AdamW(m, total_steps=t, **s), rt, answer=[True])
                     for m, t, s in zip(singles, [5, 9], settings, strict=True)]
     g = torch.Generator().manual_seed(3)
     for _ in range(4):
@@ -156,7 +156,7 @@ def test_inactive_models_keep_their_state_exactly_and_the_others_do_not_notice()
                                    opts[1].state_tensors(), strict=True):
         assert torch.equal(now[1], was[1]), name
         assert torch.equal(now[[0, 2]], ref[[0, 2]]), name
-    assert opts[0].step.tolist() == [5, 2, 5]
+    assert opts[0].updates.tolist() == [5, 2, 5]
 
 
 def test_static_shape_replay_path_matches_eager(monkeypatch):
@@ -169,7 +169,7 @@ def test_static_shape_replay_path_matches_eager(monkeypatch):
             step_fn()  # warm-ups change the state, as on the GPU; _capture must undo them
         return step_fn
 
-    monkeypatch.setattr(Step, "_record", fake_record)
+    monkeypatch.setattr(TrainStep, "_record", fake_record)
     texts = [f"dist(c_{i:04d},c_{i * 7 % 9999:04d})={i * 37 % 5000}" for i in range(40)]
     rows = Rows.from_texts(texts, [20] * 40)
     spec = ModelSpec(preset="tiny")
@@ -179,7 +179,7 @@ def test_static_shape_replay_path_matches_eager(monkeypatch):
         opt = AdamW(model, lr=1e-3, total_steps=6, warmup_steps=1)
         rt = Runtime(torch.device("cpu"), None, compile=False, graphs=graphs,
                      pad_multiple=8 if graphs else 1)
-        step = Step(model, opt, rt, answer=[True, False])
+        step = TrainStep(model, opt, rt, answer=[True, False])
         batcher = Batcher([rows, rows], batch_size=16, seeds=[1, 2],
                           pad_multiple=rt.pad_multiple)
         for s in range(6):  # crosses an epoch end: a short (padded) batch
@@ -285,7 +285,7 @@ def test_tiny_model_learns_small_distance_dataset(small_data, tmp_path):
 def test_interrupted_run_resumes_to_identical_weights(small_data, finished_run, tmp_path,
                                                       monkeypatch):
     calls = {"n": 0}
-    original = Step.__call__
+    original = TrainStep.__call__
 
     def interrupt_at_47(self, ids, plen):
         calls["n"] += 1
@@ -294,10 +294,10 @@ def test_interrupted_run_resumes_to_identical_weights(small_data, finished_run, 
         return original(self, ids, plen)
 
     out = tmp_path / "run"
-    monkeypatch.setattr(Step, "__call__", interrupt_at_47)
+    monkeypatch.setattr(TrainStep, "__call__", interrupt_at_47)
     with pytest.raises(KeyboardInterrupt):
         train(quick_spec(small_data), out)
-    monkeypatch.setattr(Step, "__call__", original)
+    monkeypatch.setattr(TrainStep, "__call__", original)
     assert not artifacts.is_complete(out) and not (out / "checkpoints" / "final").exists()
     assert torch.load(out / "resume" / "state.pt", weights_only=True)["step"] == 40
     final = train(quick_spec(small_data), out)
@@ -484,17 +484,17 @@ def test_a_resumed_run_purges_the_events_after_its_checkpoint(small_data, tmp_pa
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from worldrep import train as training
+    from worldrep.train import loop as training
 
     out = tmp_path / "run"
-    real = training.Run.report
+    real = training.report
 
     def stop_at_60(self, step):  # step 50 is logged, then the run dies
         if step == 60:
             raise KeyboardInterrupt
         return real(self, step)
 
-    monkeypatch.setattr(training.Run, "report", stop_at_60)
+    monkeypatch.setattr(training, "report", stop_at_60)
     with pytest.raises(KeyboardInterrupt):
         train(quick_spec(small_data), out)
     monkeypatch.undo()
@@ -541,7 +541,7 @@ def test_fp16_loss_scaling_skips_overflowed_updates_and_adapts_the_scale():
     opt.update(grads)
     assert not torch.equal(opt.flat[0], before[0]) and torch.equal(opt.flat[1], before[1])
     assert opt.scale.tolist() == [2.0 ** 16, 2.0 ** 15]
-    assert opt.step.tolist() == [1, 1] and opt.taken.tolist() == [1, 0]
+    assert opt.updates.tolist() == [1, 1] and opt.taken.tolist() == [1, 0]
     for _ in range(2):  # three clean steps in a row for model 0, two for model 1
         opt.update([torch.ones(s) * opt.scale[:, None].view(-1, *[1] * (len(s) - 1))
                     for s in shapes])
@@ -581,7 +581,7 @@ def test_the_validation_curve_beside_the_training_loss_is_the_same_loss(small_da
 
 
 def test_compile_auto_compiles_cpu_runs_long_enough_to_repay_it(monkeypatch):
-    import worldrep.train as train_module
+    import worldrep.train.runtime as train_module
 
     spec = TrainSpec(data="-", device="cpu")
     monkeypatch.setattr(train_module, "_cpu_compiler", lambda: "/usr/bin/g++")
