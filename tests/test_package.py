@@ -98,3 +98,29 @@ def test_the_stages_never_import_the_engine():
     reach = {m: {x for x in sources.imports(m) if x.startswith("worldrep.study")}
              for m in stages}
     assert {m: r for m, r in reach.items() if r} == {}
+
+
+
+def test_the_engine_imports_no_private_name_of_a_stage():
+    import ast
+
+    sources, found = Sources(), []
+    for module in _modules():
+        if not module.startswith("worldrep.study"):
+            continue
+        for node in ast.walk(ast.parse(sources.file(module).read_text())):
+            if isinstance(node, ast.ImportFrom) and not (node.module or "").startswith(
+                    ("study", "worldrep.study")) and node.level != 1:
+                found += [f"{module}: {a.name}" for a in node.names if a.name.startswith("_")]
+    assert found == []
+
+
+def test_each_kind_takes_its_runtime_fields_from_its_stage():
+    from worldrep.analysis.reps import RepSpec
+    from worldrep.evaluate import EvalSpec
+    from worldrep.study.kinds import get_kind
+    from worldrep.train import TrainSpec
+
+    assert get_kind("train").runtime == TrainSpec.RUNTIME_FIELDS
+    assert get_kind("eval").runtime == EvalSpec.RUNTIME_FIELDS
+    assert get_kind("reps").runtime == RepSpec.RUNTIME_FIELDS

@@ -167,21 +167,30 @@ def eval_cmd(
     """Greedy-decode and score a dataset split with a run's checkpoints."""
     import json
 
-    from .evaluate import evaluate_run, format_summary
+    from .evaluate import EvalSpec, evaluate_run, format_summary
 
-    if batch_size is not None and batch_size < 1:
-        raise WorldrepError(f"--batch-size must be >= 1 (got {batch_size})")
-    if limit is not None and limit < 1:
-        raise WorldrepError(f"--limit must be >= 1 (got {limit})")
+    spec = _options(EvalSpec, split=split, checkpoints=checkpoints, limit=limit,
+                    batch_size=batch_size, device=device, threads=threads, parse=parse)
     target = out if out is not None else run_dir / "evals" / f"{data.name}-{split}"
     with _writing(target, check=False, inputs={"dataset": data}) as eval_out:
         _check_eval_out(eval_out, run_dir)
-        eval_dir = evaluate_run(run_dir, data, split=split, checkpoints=checkpoints,
-                                limit=limit, out=eval_out, batch_size=batch_size,
-                                device=device, force=force, threads=threads, parse=parse)
+        eval_dir = evaluate_run(run_dir, data, spec, out=eval_out, force=force)
     for name, summary in json.loads((eval_dir / "summary.json").read_text()).items():
         typer.echo(f"{name}:\n{format_summary(summary)}")
     typer.echo(f"evaluation written to {eval_dir}")
+
+
+def _options(model, **options):
+    """A stage's spec from command-line options (None: not given); a bad value is named by
+    its option, e.g. `--batch-size`."""
+    import pydantic
+
+    try:
+        return model.model_validate({k: v for k, v in options.items() if v is not None})
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        raise WorldrepError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
 
 
 def _check_eval_out(out: Path, run_dir: Path) -> None:
@@ -271,20 +280,14 @@ def analyze_reps(
 
     spec = load_config(R.RepSpec, config, task=task, layers=layer or None,
                        positions=position or None, cities=cities, min_id=min_id, device=device)
-    from .checkpoints import select_checkpoints
-
-    several = not (source / "config.json").is_file() and (checkpoint == "all" or "," in checkpoint)
+    several = R.writes_series(source, checkpoint)
     inputs = {"run or checkpoint": source, "world": world}
     with _writing(out, "representations", inputs, check=not several) as target:
-        if (source / "config.json").is_file():  # a checkpoint directory itself
-            R.extract_representations(source, world, spec, target)
-        elif several:
+        if several:
             _check_container(target, "representations")
-            done = R.extract_run(source, world, spec, target, checkpoint)
+        done = R.extract(source, world, spec, target, checkpoint)
+        if several:
             typer.echo(f"{len(done)} checkpoints")
-        else:
-            R.extract_representations(select_checkpoints(source, checkpoint)[0], world, spec,
-                                      target)
     typer.echo(f"representations written to {out}")
 
 
@@ -353,17 +356,17 @@ def analyze_pca(
 ):
     """Top principal components: 3-D HTML (offline) and PNG, or a checkpoint timeline."""
     from .analysis import pca as P
-    from .analysis.reps import REPS_FILE, reps_series
+    from .analysis.reps import is_series, reps_series
     from .config import load_config
 
     spec = load_config(P.PCASpec, config, layers=layer or None, fit_cities=fit_cities,
                        max_points=max_points)
-    single = (reps / REPS_FILE).is_file() or reps.is_file()
-    with _writing(out, "pca" if single else "pca_timeline", {"reps": reps}) as target:
-        if single:
-            P.pca_views(reps, spec, target)
-        else:
+    series = is_series(reps)
+    with _writing(out, "pca_timeline" if series else "pca", {"reps": reps}) as target:
+        if series:
             P.pca_timeline(reps_series(reps), spec, target)
+        else:
+            P.pca_views(reps, spec, target)
     typer.echo(f"PCA written to {out}")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import pydantic
 import yaml
@@ -18,6 +18,10 @@ class Strict(pydantic.BaseModel):
     and NaN numbers (`lr: .inf` fails at load, not at step 10)."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+    # A stage's spec names its settings that change how fast it runs, not what it makes
+    # (threads, devices, batch sizes of inference, logging): they are no part of what an
+    # artifact is (worldrep.study.identity).
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ()
 
 
 def describe_validation_error(err: pydantic.ValidationError, where: str) -> str:

@@ -31,16 +31,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
+import pydantic
 import torch
 import yaml
 
 from . import artifacts, tokenizer
 from .checkpoints import checkpoint_hash, checkpoint_order, load_checkpoint, select_checkpoints
+from .config import Strict, parse_config
 from .devices import resolve_device
 from .errors import WorldrepError
 from .model import StackedQwen2, from_hf, to_hf
@@ -482,66 +484,101 @@ def _combined_summary(eval_dir: Path, like: dict) -> dict:
     return combined
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | Path, split: str = "test",
-                 checkpoints: str | Sequence[str | int] = "final", limit: int | None = None,
-                 out: str | Path | None = None, batch_size: int | None = None,
-                 device: str | torch.device = "auto", force: bool = False,
-                 threads: int | None = None, parse: str = "strict") -> Path:
-    """Evaluate checkpoints of a run on a dataset split; returns the evaluation directory.
+class EvalSpec(Strict):
+    """How `evaluate_run` evaluates a run's checkpoints on a dataset split (the command line's
+    options and a study's eval steps are this spec)."""
+
+    # Settings that change how fast an evaluation goes, not what it finds.
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "device", "threads")
+
+    split: str = "test"  # train, validation or test
+    # final, last, all, or names and steps (checkpoint-20 or 20) as a comma list or a list
+    checkpoints: str | list[str | int] = "final"
+    limit: int | None = None  # the first N rows only
+    # how numeric answers are read: the whole output (strict) or, as the reference, its
+    # leading digits; both valid rates are reported either way
+    parse: Literal["strict", "reference"] = "strict"
+    batch_size: int | None = pydantic.Field(None, ge=1)  # prompts decoded at once
+    device: str = "auto"
+    threads: int | None = pydantic.Field(None, ge=1)  # CPU threads (on a busy CPU, 1 is fastest)
+
+    @pydantic.field_validator("split")
+    @classmethod
+    def _split(cls, v):
+        from .data import SPLITS
+
+        if v not in SPLITS:
+            raise ValueError(f"unknown split '{v}'; available: {', '.join(SPLITS)}")
+        return v
+
+    @pydantic.field_validator("limit")
+    @classmethod
+    def _limit(cls, v):
+        if v is not None and v < 1:
+            raise ValueError("limit must be a positive number of rows")
+        return v
+
+    @pydantic.field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v):
+        return str(v)  # a torch.device too
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, spec: EvalSpec | None = None, *,
+                 out: str | Path | None = None, force: bool = False, **settings) -> Path:
+    """Evaluate checkpoints of a run on a dataset split as `spec` says (or the EvalSpec of
+    `settings`: split, checkpoints, limit, parse, batch_size, device, threads); returns the
+    evaluation directory.
 
     Writes <out>/<checkpoint>/{eval.parquet, summary.json, spec.yaml, manifest.json} per
     checkpoint (default out: RUN_DIR/evals/<dataset name>-<split>) and <out>/summary.json
     (checkpoint -> task -> metrics, every checkpoint evaluated there on the same rows). A
     checkpoint already evaluated with the same weights, rows and split is not redone unless
-    `force`. `threads` sets torch's CPU threads for the call (on a busy CPU, 1 is fastest).
-    `parse` reads numeric answers whole ('strict') or by their leading digits ('reference',
-    as the reference did); both valid rates are reported either way.
+    `force`. `threads` sets torch's CPU threads for the call. `parse` reads numeric answers
+    whole ('strict') or by their leading digits ('reference', as the reference did).
     """
-    if parse not in PARSERS:
-        raise WorldrepError(f"unknown parse '{parse}'; allowed: {', '.join(PARSERS)}")
+    given = {**(spec.model_dump() if spec is not None else {}), **settings}
+    spec = parse_config(EvalSpec, given, where="evaluation")
     run_dir, data_dir = Path(run_dir), Path(data_dir)
-    chosen = select_checkpoints(run_dir, checkpoints)
-    frame = load_eval_frame(data_dir, split, limit)
+    chosen = select_checkpoints(run_dir, spec.checkpoints)
+    frame = load_eval_frame(data_dir, spec.split, spec.limit)
     from .data import dataset_world
 
     world = dataset_world(data_dir)
-    device = resolve_device(device)
-    if threads is not None and threads < 1:
-        raise WorldrepError(f"threads must be >= 1 (got {threads})")
-    eval_dir = Path(out) if out is not None else run_dir / "evals" / f"{data_dir.name}-{split}"
+    device = resolve_device(spec.device)
+    eval_dir = Path(out) if out is not None else run_dir / "evals" / f"{data_dir.name}-{spec.split}"
     # What was evaluated, by content: the run's identity, the rows, each checkpoint's weights.
     run_file = run_dir / "run.json"
     base = {"run": json.loads(run_file.read_text()).get("hash") if run_file.is_file() else None,
-            "dataset_hash": artifacts.read_manifest(data_dir).get("hash"), "split": split,
-            "limit": limit, "parse": parse}
+            "dataset_hash": artifacts.read_manifest(data_dir).get("hash"), "split": spec.split,
+            "limit": spec.limit, "parse": spec.parse}
     where = {"run_dir": str(run_dir), "dataset": str(data_dir)}  # for people; not hashed
     before = torch.get_num_threads()
     try:
-        if threads:
-            torch.set_num_threads(threads)
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
         for checkpoint in chosen:
-            spec = {**base, "checkpoint": checkpoint.name,
-                    "weights_hash": checkpoint_hash(checkpoint)}
+            record = {**base, "checkpoint": checkpoint.name,
+                      "weights_hash": checkpoint_hash(checkpoint)}
             target = eval_dir / checkpoint.name
             if force or not artifacts.is_complete(target) or \
-                    artifacts.read_manifest(target).get("hash") != artifacts.spec_hash(spec):
-                _evaluate_checkpoint(checkpoint, frame, world, spec, target, batch_size, device,
-                                     where, parse)
+                    artifacts.read_manifest(target).get("hash") != artifacts.spec_hash(record):
+                _evaluate_checkpoint(checkpoint, frame, world, record, target, spec, device,
+                                     where)
     finally:
         torch.set_num_threads(before)
     artifacts.write_json_atomic(eval_dir / "summary.json", _combined_summary(eval_dir, base))
     return eval_dir
 
 
-def _evaluate_checkpoint(checkpoint: Path, frame, world, spec: dict, target: Path,
-                         batch_size: int | None, device: torch.device, where: dict,
-                         parse: str = "strict") -> None:
+def _evaluate_checkpoint(checkpoint: Path, frame, world, record: dict, target: Path,
+                         spec: EvalSpec, device: torch.device, where: dict) -> None:
     start = time.time()
     model = load_checkpoint(checkpoint, device).eval()
-    results = evaluate_frame(model, frame, world, batch_size, device, parse=parse)
+    results = evaluate_frame(model, frame, world, spec.batch_size, device, parse=spec.parse)
     with artifacts.artifact_dir(target, "eval") as tmp:
         results.to_parquet(tmp / "eval.parquet", index=False)
         artifacts.write_json_atomic(tmp / "summary.json", summarize(results))
-        artifacts.write_spec(tmp, spec)
-        artifacts.write_manifest(tmp, "eval", spec, rows=len(results), device=str(device),
+        artifacts.write_spec(tmp, record)
+        artifacts.write_manifest(tmp, "eval", record, rows=len(results), device=str(device),
                                  seconds=round(time.time() - start, 2), **where)

@@ -54,7 +54,8 @@ def parse_source(text: str) -> dict:
     return {**out, "path": text}
 
 
-def _split_sizes(src: MixSource, sizes: dict[str, int], mode: str) -> dict[str, int]:
+def split_sizes(src: MixSource, sizes: dict[str, int], mode: str) -> dict[str, int]:
+    """Rows per split that `src` gives a mixture, from its dataset's `sizes` per split."""
     if mode == "concat":
         return dict(sizes)
     n_train = sizes["train"] if src.n is None else src.n
@@ -70,6 +71,32 @@ def _split_sizes(src: MixSource, sizes: dict[str, int], mode: str) -> dict[str, 
                                 f"{sizes[split]}")
         out[split] = want
     return out
+
+
+def mixture_sizes(sources: list[MixSource], sizes: list[dict[str, int] | None],
+                  mode: str) -> dict[str, int]:
+    """Rows per split of a mixture whose sources' datasets have `sizes` rows per split (None:
+    not known, that source is passed over). An error names the first source ('sources[i]')
+    that cannot give what it is asked, alone or with the other draws from its dataset."""
+    total = dict.fromkeys(SPLITS, 0)
+    asked: dict[str, dict[str, int]] = {}
+    for i, (src, have) in enumerate(zip(sources, sizes, strict=True)):
+        if have is None:
+            continue
+        try:
+            got = split_sizes(src, have, mode)
+        except WorldrepError as err:
+            raise WorldrepError(f"'sources[{i}]': {err}") from None
+        mine = asked.setdefault(src.path, dict.fromkeys(got, 0))
+        for split, n in got.items():
+            total[split] += n
+            mine[split] += n
+            if mine[split] > have[split]:
+                raise WorldrepError(
+                    f"'sources[{i}]': '{src.path}' is asked {mine[split]} {split} rows in all "
+                    f"(it is listed more than once) but has {have[split]}; set n_val/n_test of "
+                    "the smaller draws (e.g. 0) or make the dataset larger")
+    return total
 
 
 def _source_ids(spec: MixSpec) -> dict[str, str]:
@@ -95,7 +122,7 @@ def build_mixture(spec: MixSpec) -> tuple[dict[str, pa.Table], dict]:
     by_source: dict[str, list[tuple[MixSource, dict[str, int]]]] = {}
     for src in spec.sources:
         sizes = metas[src.path]["sizes"]
-        by_source.setdefault(ids[src.path], []).append((src, _split_sizes(src, sizes, spec.mode)))
+        by_source.setdefault(ids[src.path], []).append((src, split_sizes(src, sizes, spec.mode)))
     out: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
     for source_id, requests in by_source.items():
         path = requests[0][0].path
@@ -125,7 +152,7 @@ def build_mixture(spec: MixSpec) -> tuple[dict[str, pa.Table], dict]:
     first = metas[spec.sources[0].path]
     meta = {"mode": spec.mode, "world_hash": first.get("world_hash"),
             "sources": [{"label": s.label, "hash": ids[s.path],
-                         "sizes": _split_sizes(s, metas[s.path]["sizes"], spec.mode)}
+                         "sizes": split_sizes(s, metas[s.path]["sizes"], spec.mode)}
                         for s in spec.sources]}
     return tables, meta
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ _OFFSET_FROM_ID_END = {"c": -6, "underscore": -5, "digit1": -4, "digit2": -3, "d
 class RepSpec(Strict):
     """Which prompt, which cities, which layers and positions (reference defaults)."""
 
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "device")
     task: str = "distance"  # whose prefix and first delimiter form the prompt
     layers: list[int] = pydantic.Field(default_factory=lambda: [5])
     positions: list[Position] = pydantic.Field(
@@ -224,6 +225,27 @@ def extract_run(run_dir: str | Path, world_dir: str | Path | World, spec: RepSpe
     return done
 
 
+def writes_series(source: str | Path, checkpoint: str) -> bool:
+    """Whether `extract` writes a series (one reps directory per checkpoint, out/<name>/)
+    rather than one reps directory: for a run's checkpoints 'all' or a comma list."""
+    return not (Path(source) / "config.json").is_file() and (
+        checkpoint == "all" or "," in checkpoint)
+
+
+def extract(source: str | Path, world_dir: str | Path | World, spec: RepSpec | None = None,
+            out: str | Path = "reps", checkpoint: str = "last") -> Path | dict[str, Path]:
+    """Representations of a checkpoint directory, or of a run's checkpoints: `checkpoint` is
+    last, final, checkpoint-N, a comma list or all (see `writes_series`). The one place that
+    chooses: the command line and the study's reps steps both call it."""
+    from ..checkpoints import select_checkpoints
+
+    if writes_series(source, checkpoint):
+        return extract_run(source, world_dir, spec, out, checkpoint)
+    if not (Path(source) / "config.json").is_file():
+        source = select_checkpoints(source, checkpoint)[0]
+    return extract_representations(source, world_dir, spec, out)
+
+
 def save_reps(out: str | Path, cities: pd.DataFrame, layers, positions, vectors: np.ndarray,
               spec: dict, **extra) -> Path:
     """Write a reps artifact directory (also used by tests to store synthetic representations)."""
@@ -273,3 +295,22 @@ def reps_series(path: str | Path) -> dict[str, Path]:
     if not subdirs:
         raise WorldrepError(f"{path} holds no checkpoint representations (<name>/{REPS_FILE})")
     return {p.name: p for p in sorted(subdirs, key=lambda p: checkpoint_order(p.name))}
+
+
+def is_series(path: str | Path) -> bool:
+    """Whether `path` is a series of reps directories (`extract_run`'s), not one reps
+    artifact (a directory with reps.npz, or the file itself)."""
+    path = Path(path)
+    return not (path.is_file() or (path / REPS_FILE).is_file())
+
+
+def last_reps(path: str | Path) -> Path:
+    """One reps artifact as itself, or the last checkpoint's of a series."""
+    return list(reps_series(path).values())[-1] if is_series(path) else Path(path)
+
+
+def by_checkpoint(label: str, path: str | Path) -> dict[str, Path]:
+    """{label: path} for one reps artifact; {label/checkpoint: dir} for a series."""
+    if not is_series(path):
+        return {label: Path(path)}
+    return {f"{label}/{name}": p for name, p in reps_series(path).items()}

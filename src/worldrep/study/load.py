@@ -36,8 +36,10 @@ from .grid import MAX_RENDERED, MAX_STEPS, expand, grid_size, render
 from .identity import Sources, StepIdentity, task_modules, without
 from .kinds import get_kind
 
-SECTIONS = {"worlds": "world", "datasets": "dataset", "mixtures": "mixture", "runs": "train",
-            "evals": "eval", "analyses": None, "steps": None}
+# The sections of a study file that declare steps. A declaration in an open section names its
+# kind (`kind:`); in any other, its kind is the one declared for that section (StepKind.section).
+SECTIONS = ("worlds", "datasets", "mixtures", "runs", "evals", "analyses", "steps")
+OPEN_SECTIONS = ("analyses", "steps")
 RESERVED = ("name", "grid", "where", "use", "kind")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
 MAX_NAME = 120  # characters: a step's files add a hash and suffixes, file names stop at 255
@@ -262,7 +264,7 @@ class _Builder:
         """Expand one declaration (`label` says where it is, e.g. runs[3]) into its steps."""
         if not isinstance(decl, dict) or "name" not in decl:
             raise self.fail(label, "each step needs a 'name' (a template such as 'pt1-{x}')")
-        kind = decl.get("kind") or SECTIONS[section]
+        kind = decl.get("kind") or section_kind(section)
         if kind is None:
             raise self.fail(f"{label} '{decl['name']}'", f"'{section}' entries need a 'kind'")
         label = f"{label} '{decl['name']}'"
@@ -390,6 +392,16 @@ class _Builder:
             order.extend(ready)
             remaining = [s for s in remaining if s.name not in done]
         return order
+
+
+def section_kind(section: str) -> str | None:
+    """The kind a declaration in `section` has unless it says (None in an open section): the
+    first kind registered for it (a built-in one; a plugin's does not displace it)."""
+    from .kinds import KINDS
+
+    if section in OPEN_SECTIONS:
+        return None
+    return next((k.name for k in KINDS.values() if k.section == section), None)
 
 
 def _fields(kind) -> set[str]:
