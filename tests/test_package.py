@@ -100,6 +100,24 @@ def test_the_stages_never_import_the_engine():
     assert {m: r for m, r in reach.items() if r} == {}
 
 
+SCHEDULER = ("worldrep.study.units", "worldrep.study.runner", "worldrep.study.executors",
+             "worldrep.study.backends", "worldrep.study.plan")
+
+
+def test_the_scheduler_knows_no_step_kind_by_name():
+    """Which steps pack, share a Slurm job or lead its resources is asked of the kinds
+    (StepKind.packs, data, slurm_job, rank): no kind's name is spelled in the scheduling."""
+    import ast
+
+    from worldrep.study.kinds import KINDS
+
+    sources = Sources()
+    for module in SCHEDULER:
+        tree = ast.parse(sources.file(module).read_text())
+        named = {node.value for node in ast.walk(tree)
+                 if isinstance(node, ast.Constant) and node.value in KINDS}
+        assert named == set(), (module, named)
+
 
 def test_the_engine_imports_no_private_name_of_a_stage():
     import ast

@@ -16,14 +16,14 @@ import yaml
 from study_fakes import read_value
 from worldrep import artifacts
 from worldrep.study import cache
-from worldrep.study.executors import (
+from worldrep.study.backends import (
     InProcess,
     ProcessPool,
     Submitit,
     resource_overrides,
-    run_study,
     slurm_parameters,
 )
+from worldrep.study.executors import run_study
 from worldrep.study.load import Resources, load_study
 
 TESTS = Path(__file__).parent

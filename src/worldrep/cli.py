@@ -501,7 +501,8 @@ def study_run(
     """Run every step of a study that is missing or changed, in dependency order."""
     import time
 
-    from .study.executors import make_backend, resource_overrides, run_study
+    from .study.backends import make_backend, resource_overrides
+    from .study.executors import run_study
     from .study.outdir import remember
     from .study.report import headlines, write_report
 
@@ -513,7 +514,7 @@ def study_run(
                            cluster=cluster or ("slurm" if executor == "slurm" else None))
     remember(target, st)
     typer.echo(f"study {st.name}: {len(st.steps)} steps, output in {target}")
-    if getattr(backend, "note", None):
+    if backend.note:
         typer.echo(backend.note)
     result = run_study(st, target, backend, log=typer.echo, only=step, accept_code=accept_code)
     typer.echo(result.summary())

@@ -1,30 +1,18 @@
-"""Running a study's steps: what is missing, in dependency order, on some executor.
+"""Running a study's steps: what is missing, in dependency order, on some backend.
 
-The scheduler (`run_study`) is the same for every executor. It finds the steps that are not
-done, hands them to a backend in units (worldrep.study.units) and records what happened:
-
-- `InProcess`: units one after the other in this process;
-- `ProcessPool`: `--jobs N` worker processes;
-- `Submitit`: one job per unit through submitit. On a Slurm cluster every unit is submitted
-  at once with dependencies on the jobs of its inputs (`afterok` on a job of one step; on a
-  job of several, `afterany`, and each step refuses to start on an input that did not
-  finish); with submitit's local executor units are submitted as their inputs finish.
+The scheduler (`run_study`) is the same for every backend (worldrep.study.backends: in
+process, worker processes, Slurm through submitit). It finds the steps that are not done,
+hands them to the backend in units (worldrep.study.units) and records what happened.
 
 Steps that another runner holds (their lock, worldrep.study.locks) are waited for, never run
 twice. A failing step records its error beside its artifact directory and does not stop the
-steps that do not need it; the steps that do are skipped and reported. Every unit runs
-`worldrep.study.runner.run_unit`, which is all a worker needs to know.
+steps that do not need it; the steps that do are skipped and reported.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import dataclasses
-import math
-import multiprocessing
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,18 +20,9 @@ from typing import Any
 
 from ..errors import WorldrepError
 from . import cache, locks
-from .load import Resources, Study, import_plugins
-from .runner import (
-    BLOCKED,
-    DONE,
-    FAILED,
-    LOCKED,
-    Outcome,
-    StepJob,
-    outcomes_on_disk,
-    run_unit,
-    run_unit_job,
-)
+from .backends import Backend, InProcess
+from .load import Study
+from .runner import BLOCKED, DONE, FAILED, LOCKED, Outcome, StepJob
 
 
 @dataclass
@@ -86,285 +65,6 @@ def executable_units(ready: list[StepJob], study: Study | None = None) -> list[l
     return group_jobs(ready, study)
 
 
-# -- backends ---------------------------------------------------------------------------------
-class InProcess:
-    capacity = 1
-    graph = False
-
-    def __init__(self):
-        self.results: dict[int, list[Outcome]] = {}
-
-    def submit(self, unit: list[StepJob], after: list | None = None) -> int:
-        handle = len(self.results)
-        self.results[handle] = run_unit(unit)
-        return handle
-
-    def wait(self, handles: list[int], timeout: float | None = None):
-        return [(h, self.results.pop(h)) for h in handles]
-
-    def close(self) -> None:
-        pass
-
-
-def _worker_init(threads: int, plugins: list[str], runner: int | None = None) -> None:
-    # torch reads these when a stage first imports it; importing torch here would cost every
-    # worker seconds even for steps that never touch a model.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    die_with(runner if runner is not None else os.getppid())
-    import_plugins(plugins)
-
-
-def die_with(parent: int, every_s: float = 1.0) -> None:
-    """End this worker when its runner ends, however it ends (a SIGKILL included): the kernel
-    sends SIGKILL on the parent's death (Linux), and a watchdog thread exits once this
-    process has been handed to another parent (everywhere). A worker left behind would
-    finish its step and then wait forever on a pipe nobody reads."""
-    import ctypes
-    import signal
-    import threading
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the runner died before the signal was set
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(every_s)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="worldrep-watchdog", daemon=True).start()
-
-
-class ProcessPool:
-    """N worker processes (spawned: torch and fork do not mix), threads split between them."""
-
-    graph = False
-
-    def __init__(self, jobs: int, plugins: list[str] | None = None):
-        self.capacity = jobs
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        self.pool = cf.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init, initargs=(threads, plugins or [], os.getpid()))
-        self.units: dict[cf.Future, list[StepJob]] = {}
-
-    def submit(self, unit, after=None):
-        future = self.pool.submit(run_unit, unit)
-        self.units[future] = unit
-        return future
-
-    def wait(self, handles, timeout=None):
-        done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        return [(f, _unit_result(f, self.units.pop(f))) for f in done]
-
-    def close(self):
-        self.pool.shutdown(cancel_futures=True)
-
-
-def _unit_result(future, unit: list[StepJob]) -> list[Outcome]:
-    """A worker that died (killed, out of memory, a failed Slurm job) leaves its steps'
-    states on disk: they are read back instead of failing the runner."""
-    try:
-        return future.result()
-    except Exception as err:  # noqa: BLE001
-        return outcomes_on_disk(unit, f"{type(err).__name__}: {str(err).strip()[-300:]}")
-
-
-def slurm_parameters(res: Resources, name: str, dependency: list[str] | None = None,
-                     cluster: str = "slurm") -> dict[str, Any]:
-    """submitit AutoExecutor parameters for one job (generic ones plus slurm_* ones).
-    `dependency` items are job ids (afterok) or 'afterany:ID' for jobs of several steps."""
-    params: dict[str, Any] = {"name": f"wr-{name}", "timeout_min": res.time_min,
-                              "gpus_per_node": res.gpus, "cpus_per_task": res.cpus,
-                              "mem_gb": int(math.ceil(res.mem_gb)), "tasks_per_node": 1,
-                              "nodes": 1}
-    if cluster != "slurm":
-        return params
-    extra: dict[str, Any] = {}
-    if dependency:
-        ok = [d for d in dependency if ":" not in d]
-        anys = [d.split(":", 1)[1] for d in dependency if d.startswith("afterany:")]
-        parts = (["afterok:" + ":".join(ok)] if ok else []) + (
-            ["afterany:" + ":".join(anys)] if anys else [])
-        params["slurm_dependency"] = ",".join(parts)  # ',' = all of them
-        # Dependents of a failed job are cancelled instead of waiting forever.
-        extra["kill-on-invalid-dep"] = "yes"
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(res, key):
-            params[f"slurm_{key}"] = getattr(res, key)
-    if res.setup:
-        params["slurm_setup"] = list(res.setup)
-    if extra:
-        params["slurm_additional_parameters"] = extra
-    return params
-
-
-class Submitit:
-    """One submitit job per unit. `executor` is any submitit executor (tests pass a local one)."""
-
-    def __init__(self, executor, resources: dict[str, Resources], poll_s: float = 1.0,
-                 max_jobs: int | None = None):
-        self.executor = executor
-        self.cluster = getattr(executor, "cluster", None) or _cluster_name(executor)
-        self.graph = self.cluster == "slurm"  # Slurm honours dependencies; others run now
-        self.capacity = max_jobs or (10_000 if self.graph else (os.cpu_count() or 1))
-        self.resources = resources
-        self.poll_s = poll_s
-        self.units: dict[Any, list[StepJob]] = {}
-
-    def resources_for(self, kinds: list[str]) -> Resources:
-        """The default resources, overridden by each kind's (a unit asks for the most any
-        of its kinds asks for)."""
-        base = self.resources.get("default", Resources())
-        merged = base
-        for kind in dict.fromkeys(kinds):
-            own = self.resources.get(kind)
-            if own is None:
-                continue
-            mine = base.model_copy(update=own.model_dump(exclude_unset=True))
-            if merged is base:
-                merged = mine
-                continue
-            merged = merged.model_copy(update={
-                k: max(getattr(merged, k), getattr(mine, k))
-                for k in ("time_min", "gpus", "cpus", "mem_gb")})
-        return merged
-
-    def submit(self, unit, after=None):
-        kinds = [j.kind for j in unit]
-        main = "train" if "train" in kinds else "eval" if "eval" in kinds else kinds[-1]
-        res = self.resources_for([main] + kinds)
-        deps = [str(job.job_id) if single else f"afterany:{job.job_id}"
-                for job, single in (after or [])]
-        name = unit[0].name if len(unit) == 1 else f"{unit[0].name}+{len(unit) - 1}"
-        params = slurm_parameters(res, name, deps, self.cluster)
-        if self.cluster in ("local", "debug"):
-            params = {k: v for k, v in params.items() if k in ("name", "timeout_min")}
-        self.executor.update_parameters(**params)
-        if self.graph:
-            # Held for the job from now on: a second runner sees it queued and waits. The
-            # job is handed the token, so the lock passes to it even if it starts at once.
-            token = uuid.uuid4().hex
-            unit = [dataclasses.replace(step, lock_token=token) for step in unit]
-            for step in unit:
-                locks.acquire(Path(step.out), locks.me(step=step.name, token=token))
-        try:
-            # On Slurm a job whose steps did not all finish fails (afterok needs that).
-            job = self.executor.submit(run_unit_job if self.graph else run_unit, unit)
-        except BaseException:
-            for step in unit:
-                locks.release(Path(step.out))
-            raise
-        self.units[job] = unit
-        if self.graph:
-            for step in unit:
-                info = locks.read(Path(step.out))
-                if locks.mine(info):  # not yet taken over by the job itself
-                    locks.replace(Path(step.out), {"slurm_job_id": str(job.job_id),
-                                                   "queued": time.time(), "step": step.name,
-                                                   "token": step.lock_token})
-        return job
-
-    def outcomes(self, job) -> list[Outcome] | None:
-        """A finished job's outcomes; None while it runs. A job that left the Slurm queue
-        without a result (cancelled because an input's job failed, timed out, killed) is
-        read back from its steps' directories: submitit would wait for it forever where
-        there is no accounting to say it ended."""
-        unit = self.units[job]
-        if job.done():
-            return _unit_result(_JobFuture(job), unit)
-        if self.graph and not locks.slurm_job_alive(str(job.job_id)):
-            return outcomes_on_disk(unit, "its Slurm job ended without a result (cancelled, "
-                                          "timed out or killed)")
-        return None
-
-    def wait(self, handles, timeout=None):
-        deadline = None if timeout is None else time.time() + timeout
-        while True:
-            finished = [(h, out) for h in handles if (out := self.outcomes(h)) is not None]
-            if finished or (deadline is not None and time.time() >= deadline):
-                for h, _ in finished:
-                    self.units.pop(h)
-                return finished
-            time.sleep(self.poll_s)
-
-    def close(self):
-        pass
-
-
-class _JobFuture:
-    def __init__(self, job):
-        self.job = job
-
-    def result(self):
-        return self.job.result()
-
-
-def _cluster_name(executor) -> str:
-    name = type(executor).__name__.lower()
-    for cluster in ("slurm", "local", "debug"):
-        if cluster in name:
-            return cluster
-    return "local"
-
-
-def make_backend(executor: str, study: Study, out: Path, jobs: int = 1,
-                 resources: dict[str, Resources] | None = None, cluster: str | None = None):
-    if jobs < 1:
-        raise WorldrepError(f"--jobs is a number of worker processes >= 1 (got {jobs})")
-    if executor == "local":
-        return InProcess() if jobs <= 1 else ProcessPool(jobs, study.plugins)
-    if executor == "slurm":
-        import submitit
-
-        folder = Path(out) / "slurm" / "%j"
-        sub = submitit.AutoExecutor(folder=folder, cluster=cluster)
-        backend = Submitit(sub, resources if resources is not None else study.resources,
-                           poll_s=2.0 if sub.cluster == "slurm" else 0.5,
-                           max_jobs=None if sub.cluster == "slurm" else max(1, jobs))
-        if sub.cluster == "slurm" and follow_without_accounting():
-            backend.note = "no Slurm accounting here (sacct fails): jobs are followed with squeue"
-        return backend
-    raise WorldrepError(f"unknown executor '{executor}'; allowed: local, slurm")
-
-
-def follow_without_accounting() -> bool:
-    """On a cluster without accounting (`sacct` fails), submitit would call sacct at every
-    poll and print its error each time: follow jobs with squeue instead (a job that has left
-    the queue is done; its outcome is read from its step directories). True if it did."""
-    import subprocess
-
-    import submitit.slurm.slurm as submitit_slurm
-
-    try:
-        probe = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True,
-                               text=True, timeout=20)
-        if probe.returncode == 0:
-            return False
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-
-    class SqueueWatcher(submitit_slurm.SlurmInfoWatcher):
-        def _make_command(self):
-            ids = sorted({x.split("_")[0] for x in self._registered - self._finished})
-            if not ids:
-                return None
-            # sacct's header, then squeue's rows in the same columns (finished jobs: none)
-            return ["sh", "-c", "echo 'JobID|State|NodeList'; squeue -h -o '%i|%T|%N' -j "
-                    + ",".join(ids) + " 2>/dev/null || true"]
-
-    old = submitit_slurm.SlurmJob.watcher
-    if not isinstance(old, SqueueWatcher):
-        submitit_slurm.SlurmJob.watcher = SqueueWatcher(delay_s=getattr(old, "_delay_s", 60))
-    return True
-
-
 # -- the scheduler ----------------------------------------------------------------------------
 def step_jobs(study: Study, out: Path) -> dict[str, StepJob]:
     return {s.name: StepJob(name=s.name, kind=s.kind, spec=s.spec,
@@ -403,7 +103,8 @@ def adopt_across_code_changes(study: Study, out: Path, names: list[str]) -> list
     return adopted
 
 
-def run_study(study: Study, out: Path, backend=None, log: Callable[[str], None] = print,
+def run_study(study: Study, out: Path, backend: Backend | None = None,
+              log: Callable[[str], None] = print,
               only: list[str] | None = None, accept_code: bool = False,
               poll_s: float = 2.0) -> RunReport:
     """Run every step that is not done (or only `only` and what they need). With
@@ -438,7 +139,8 @@ class _Scheduler:
         self.submitted: dict[str, Any] = {}
         self.active: dict[Any, list[StepJob]] = {}
         self.told: set[str] = set()
-        backend.priority = descendant_counts(study)
+        # Steps that unblock the most work go first (the main model before side runs).
+        self.priority = descendant_counts(study)
 
     def run(self) -> None:
         while True:
@@ -511,8 +213,7 @@ class _Scheduler:
 
     def submit_ready(self) -> None:
         ready = [n for n in self.todo if self.ready(n, False)]
-        # Steps that unblock the most work go first (the main model before side runs).
-        ready.sort(key=lambda n: -self.backend.priority.get(n, 0))
+        ready.sort(key=lambda n: -self.priority.get(n, 0))
         free = max(0, self.backend.capacity - len(self.active))
         for unit in executable_units([self.jobs[n] for n in ready], self.study)[:free]:
             self.submit(unit)
@@ -544,7 +245,7 @@ class _Scheduler:
         self.active[handle] = unit
         for job in unit:
             self.submitted[job.name] = handle
-        if not isinstance(self.backend, InProcess):
+        if self.backend.announces:
             if len(unit) == 1:
                 self.log(f"started  {unit[0].kind:<8} {unit[0].name}")
             else:
@@ -601,25 +302,3 @@ def _needed(study: Study, names: list[str]) -> list[str]:
         if step.name in need:
             need.update(step.deps)
     return [n for n in study.steps if n in need]
-
-
-def resource_overrides(base: dict[str, Resources], items: list[str]) -> dict[str, Resources]:
-    """Apply command-line settings `KEY=VALUE` (every kind) or `KIND.KEY=VALUE` (one kind)."""
-    out = dict(base)
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise WorldrepError(f"--resources '{item}': expected KEY=VALUE or KIND.KEY=VALUE "
-                                f"(keys: {', '.join(Resources.model_fields)})")
-        kind, _, key = key.rpartition(".")
-        kind = kind or "default"
-        if key not in Resources.model_fields:
-            raise WorldrepError(f"--resources '{item}': unknown key '{key}'; allowed: "
-                                f"{', '.join(Resources.model_fields)}")
-        current = out.get(kind, Resources()).model_dump(exclude_unset=True)
-        parsed: Any = value.split(";") if key == "setup" else value
-        try:
-            out[kind] = Resources.model_validate({**current, key: parsed})
-        except Exception as err:  # noqa: BLE001 - pydantic's message, one line
-            raise WorldrepError(f"--resources '{item}': {err}".splitlines()[0]) from None
-    return out

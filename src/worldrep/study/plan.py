@@ -52,8 +52,8 @@ def gpu_rate(k: int, params: int) -> float:
 
 def experiment_sets(study: Study) -> list[dict]:
     """Per declaration of training runs: how many models, their steps, and GPU time."""
-    from ..model import ModelSpec
-    from .units import _model, plan_packs, run_steps
+    from .kinds import get_kind
+    from .units import plan_packs
 
     pack_of = {}
     if study.pack == "auto":
@@ -62,15 +62,15 @@ def experiment_sets(study: Study) -> list[dict]:
                 pack_of[n] = len(names)
     sets: dict[str, dict] = {}
     for step in study.steps.values():
-        if step.kind != "train":
+        cost = get_kind(step.kind).cost(study.steps, step.name)
+        if cost is None:
             continue
-        steps = run_steps(study, step.name)
-        params = ModelSpec.model_validate(_model(study, step.name) or {}).n_params
+        steps, params = cost
         entry = sets.setdefault(step.group, {"set": step.group, "models": 0,
                                              "model_steps": 0, "gpu_s": 0.0})
         entry["models"] += 1
-        entry["model_steps"] += steps or 0
-        entry["gpu_s"] += (steps or 0) / gpu_rate(pack_of.get(step.name, 1), params)
+        entry["model_steps"] += steps
+        entry["gpu_s"] += steps / gpu_rate(pack_of.get(step.name, 1), params)
     return list(sets.values())
 
 
@@ -116,9 +116,7 @@ def plan_json(study: Study, out: Path | None = None) -> dict:
                       "dir": f"{s.kind}/{s.dirname}", "origin": s.origin, "group": s.group,
                       "inputs": list(s.deps), "input_hashes": record["inputs"],
                       "spec": s.spec, "identity_spec": record["spec"], "code": record["code"]})
-    from .units import describe_key
-
-    packs = ([{"steps": names, "key": describe_key(key)} for key, names in plan_packs(study)]
+    packs = ([{"steps": names, "key": key.describe()} for key, names in plan_packs(study)]
              if study.pack == "auto" else [])
     jobs = [{"steps": u.steps, "kind": u.kind, "after": u.after} for u in slurm_units(study)]
     return {"study": study.name, "path": str(study.path), "scale": study.scale,

@@ -1,8 +1,8 @@
 """The worker side of the engine: run one unit of steps into their artifact directories.
 
 A unit is what one worker (a process, a Slurm job) runs: one step; or with `pack: auto`
-several training runs trained as one pack; or under Slurm a run's evaluations and
-representations together. Everything a worker needs is in its `StepJob`s (picklable, no
+several steps of a kind that packs (training runs) run as one pack; or under Slurm a run's
+evaluations and representations together. Everything a worker needs is in its `StepJob`s (picklable, no
 study object), so `run_unit` is all a worker imports.
 
 Every step, alone or in a unit, follows the same protocol:
@@ -138,9 +138,8 @@ def run_step(job: StepJob) -> Outcome:
 
 
 def run_pack(unit: list[StepJob]) -> list[Outcome]:
-    """Train a unit's runs as one pack: each run that fails is recorded for that step alone
-    and the others finish."""
-    from ..train import PackError, train_packed
+    """Run a unit's steps (of one kind that packs) as one pack: each step that fails is
+    recorded for that step alone and the others finish."""
     from .kinds import get_kind
 
     outcomes: dict[str, Outcome] = {}
@@ -152,19 +151,14 @@ def run_pack(unit: list[StepJob]) -> list[Outcome]:
         else:
             outcomes[job.name] = refused
     start = time.time()
-    failures: dict[str, BaseException] = {}
     try:
         import_plugins(todo[0].plugins if todo else [])
-        kind = get_kind("train")
-        specs = [kind.train_spec(j.spec, {k: Path(v) for k, v in j.inputs.items()})
-                 for j in todo]
-        if todo:
-            train_packed(specs, [j.out for j in todo], regroup=True)
-    except PackError as err:
-        failures = {str(Path(out)): WorldrepError(msg) for out, msg in err.errors.items()}
-    except Exception as err:  # noqa: BLE001 - recorded for every unfinished run of the pack
+        jobs = [(j.spec, {k: Path(v) for k, v in j.inputs.items()}, Path(j.out)) for j in todo]
+        errors = get_kind(unit[0].kind).run_pack(jobs) if todo else {}
+        failures = {str(Path(out)): WorldrepError(msg) for out, msg in errors.items()}
+    except Exception as err:  # noqa: BLE001 - recorded for every unfinished step of the pack
         failures = {str(Path(j.out)): err for j in todo}
-    except BaseException:  # interrupted: the runs resume next time, nobody holds them
+    except BaseException:  # interrupted: the steps resume next time, nobody holds them
         for job in todo:
             locks.release(Path(job.out))
         raise
@@ -175,19 +169,23 @@ def run_pack(unit: list[StepJob]) -> list[Outcome]:
 
 
 def run_unit(unit: list[StepJob]) -> list[Outcome]:
-    """Run a unit's steps in order; consecutive training runs train as one pack."""
+    """Run a unit's steps in order; consecutive steps of one kind that packs (training runs)
+    run as one pack."""
+    from .kinds import KINDS
+
     outcomes: list[Outcome] = []
     i = 0
     while i < len(unit):
-        j = i
-        while j < len(unit) and unit[j].kind == "train":
-            j += 1
+        j = i + 1
+        kind = KINDS.get(unit[i].kind)  # a plugin's kind is known once a step imports it
+        if kind is not None and kind.packs:
+            while j < len(unit) and unit[j].kind == unit[i].kind:
+                j += 1
         if j - i > 1:
             outcomes += run_pack(unit[i:j])
-            i = j
         else:
             outcomes.append(run_step(unit[i]))
-            i += 1
+        i = j
     return outcomes
 
 
