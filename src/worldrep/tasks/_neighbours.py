@@ -28,6 +28,12 @@ def centre_pool(s: Sampling) -> np.ndarray:
     return s.pool if s.required is None else s.required
 
 
+def draw_centres(s: Sampling, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n item cities (centres, queries) drawn with replacement from `centre_pool`."""
+    pool = centre_pool(s)
+    return pool[rng.integers(0, len(pool), n)]
+
+
 class Neighbours:
     """Sorted neighbour rows and integer-radius count tables over one universe."""
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
+import pydantic
 
 from ..config import Strict
 from ..world import World
@@ -54,6 +55,20 @@ class Sampling:
 
 class NoParams(Strict):
     pass
+
+
+class RangeParams(Strict):
+    """Task parameters with ranges: each (low, high) pair of `RANGES` must be in order."""
+
+    RANGES: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self):
+        for low, high in self.RANGES:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) must be <= {high} "
+                                 f"({getattr(self, high)})")
+        return self
 
 
 class Task:

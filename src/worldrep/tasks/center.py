@@ -20,8 +20,7 @@ import numpy as np
 import pydantic
 from scipy.spatial import cKDTree
 
-from ..config import Strict
-from .base import Items, Task
+from .base import Items, RangeParams, Task
 from .common import cat, city_refs, join_refs, varlen_tuples
 from .registry import register
 
@@ -29,17 +28,11 @@ _CANDIDATES = 8  # k-d tree candidates per centroid before the exact tie-aware p
 _REF = re.compile(r"c_(\d{1,4})")
 
 
-class CenterParams(Strict):
+class CenterParams(RangeParams):
+    RANGES = (("min_n_cities", "max_n_cities"),)
     min_n_cities: int = pydantic.Field(1, ge=1)
     max_n_cities: int = pydantic.Field(5, ge=1)
     in_true_ratio: float = pydantic.Field(0.5, ge=0, le=1)
-
-    @pydantic.model_validator(mode="after")
-    def _ordered(self):
-        if self.min_n_cities > self.max_n_cities:
-            raise ValueError(f"min_n_cities ({self.min_n_cities}) must be <= max_n_cities "
-                             f"({self.max_n_cities})")
-        return self
 
 
 def _scaled_sq_dist(world, rows, sx, sy, m):

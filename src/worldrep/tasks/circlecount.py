@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import pydantic
 
-from ..config import Strict
-from ._neighbours import centre_pool, neighbours
-from .base import Items, Task
+from ._neighbours import centre_pool, draw_centres, neighbours
+from .base import Items, RangeParams, Task
 from .common import cat, city_refs, score_error
 from .registry import register
 
 
-class CircleCountParams(Strict):
+class CircleCountParams(RangeParams):
+    RANGES = (("min_radius", "max_radius"),)
     min_radius: int = pydantic.Field(5, ge=0)
     max_radius: int = pydantic.Field(200, ge=0)
-
-    @pydantic.model_validator(mode="after")
-    def _ordered(self):
-        if self.min_radius > self.max_radius:
-            raise ValueError(f"min_radius ({self.min_radius}) must be <= max_radius "
-                             f"({self.max_radius})")
-        return self
 
 
 @register
@@ -38,8 +31,7 @@ class CircleCount(Task):
     Params = CircleCountParams
 
     def sample(self, s, n, rng, p):
-        pool = centre_pool(s)
-        centre = pool[rng.integers(0, len(pool), n)]
+        centre = draw_centres(s, n, rng)
         radius = rng.integers(p.min_radius, p.max_radius + 1, n)
         return Items(centre[:, None], {"r": radius})
 

@@ -13,9 +13,8 @@ from itertools import combinations
 import numpy as np
 import pydantic
 
-from ..config import Strict
 from ._balanced import balanced_draw, check_tuple_size
-from .base import Items, Task
+from .base import Items, RangeParams, Task
 from .common import cat, city_refs, join_refs, n_tuples, score_exact, varlen_tuples
 from .registry import register
 
@@ -53,15 +52,10 @@ class Inside(Task):
     max_answer_tokens = 20
     balanced_labels = ("TRUE", "FALSE")
 
-    class Params(Strict):
+    class Params(RangeParams):
+        RANGES = (("min_n", "max_n"),)
         min_n: int = pydantic.Field(3, ge=3, le=MAX_HULL)  # hull cities per item
         max_n: int = pydantic.Field(5, ge=3, le=MAX_HULL)
-
-        @pydantic.model_validator(mode="after")
-        def _ordered(self):
-            if self.min_n > self.max_n:
-                raise ValueError(f"min_n ({self.min_n}) must be <= max_n ({self.max_n})")
-            return self
 
     def sample(self, s, n, rng, p):
         def draw(k: int) -> Items:

@@ -15,23 +15,17 @@ from __future__ import annotations
 import numpy as np
 import pydantic
 
-from ..config import Strict
 from ..errors import WorldrepError
-from ._neighbours import centre_pool, neighbours
-from .base import Items, Task
+from ._neighbours import centre_pool, draw_centres, neighbours
+from .base import Items, RangeParams, Task
 from .common import cat, city_refs, join_refs, parse_refs
 from .registry import register
 
 
-class NearestParams(Strict):
+class NearestParams(RangeParams):
+    RANGES = (("min_k", "max_k"),)
     min_k: int = pydantic.Field(1, ge=1)
     max_k: int = pydantic.Field(5, ge=1)
-
-    @pydantic.model_validator(mode="after")
-    def _ordered(self):
-        if self.min_k > self.max_k:
-            raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
-        return self
 
 
 @register
@@ -47,8 +41,7 @@ class NearestNeighbor(Task):
         if p.max_k >= len(s.universe):
             raise WorldrepError(f"nearest_neighbor: max_k ({p.max_k}) must be smaller than the "
                                 f"number of eligible cities ({len(s.universe)})")
-        pool = centre_pool(s)
-        query = pool[rng.integers(0, len(pool), n)]
+        query = draw_centres(s, n, rng)
         return Items(query[:, None], {"k": rng.integers(p.min_k, p.max_k + 1, n)})
 
     def answers(self, s, items, p):

@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pydantic
 
-from ..config import Strict
 from ._balanced import check_tuple_size
-from .base import Items, Task
+from .base import Items, RangeParams, Task
 from .common import cat, join_refs, n_tuples, round_half_even, score_error, varlen_tuples
 from .registry import register
 
@@ -41,15 +40,10 @@ class Perimeter(Task):
     failure_value = 20_000.0
     max_answer_tokens = 30
 
-    class Params(Strict):
+    class Params(RangeParams):
+        RANGES = (("min_n", "max_n"),)
         min_n: int = pydantic.Field(2, ge=2, le=MAX_CITIES)  # cities per item
         max_n: int = pydantic.Field(5, ge=2, le=MAX_CITIES)
-
-        @pydantic.model_validator(mode="after")
-        def _ordered(self):
-            if self.min_n > self.max_n:
-                raise ValueError(f"min_n ({self.min_n}) must be <= max_n ({self.max_n})")
-            return self
 
     def sample(self, s, n, rng, p):
         m = rng.integers(p.min_n, p.max_n + 1, n)

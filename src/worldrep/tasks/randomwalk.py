@@ -24,30 +24,21 @@ import re
 import numpy as np
 import pydantic
 
-from ..config import Strict
 from ..errors import WorldrepError
 from ._neighbours import centre_pool, neighbours
-from .base import Items, Task
+from .base import Items, RangeParams, Task
 from .common import cat, join_refs, parse_refs
 from .registry import register
 
 _PROMPT = re.compile(r"rw\((\d+),(\d+)\)=c_(\d{1,4}),")
 
 
-class RandomWalkParams(Strict):
+class RandomWalkParams(RangeParams):
+    RANGES = (("min_max_distance", "max_max_distance"), ("min_chain_length", "max_chain_length"))
     min_max_distance: int = pydantic.Field(50, ge=1)
     max_max_distance: int = pydantic.Field(500, ge=1)
     min_chain_length: int = pydantic.Field(5, ge=2)
     max_chain_length: int = pydantic.Field(20, ge=2)
-
-    @pydantic.model_validator(mode="after")
-    def _ordered(self):
-        for low, high in (("min_max_distance", "max_max_distance"),
-                          ("min_chain_length", "max_chain_length")):
-            if getattr(self, low) > getattr(self, high):
-                raise ValueError(f"{low} ({getattr(self, low)}) must be <= {high} "
-                                 f"({getattr(self, high)})")
-        return self
 
 
 def _starts_by_reach(nb, starts: np.ndarray):

@@ -23,30 +23,22 @@ import re
 import numpy as np
 import pydantic
 
-from ..config import Strict
-from ._neighbours import centre_pool, neighbours
-from .base import Items, Task
+from ._neighbours import centre_pool, draw_centres, neighbours
+from .base import Items, RangeParams, Task
 from .common import cat, city_refs, join_refs, parse_refs
 from .registry import register
 
 _PROMPT = re.compile(r"randring\(c_(\d{1,4}),r=(\d+),R=(\d+),n=(\d+)\)=")
 
 
-class RandRingParams(Strict):
+class RandRingParams(RangeParams):
+    RANGES = (("min_r", "max_r"), ("min_R", "max_R"), ("min_n", "max_n"))
     min_r: int = pydantic.Field(10, ge=0)
     max_r: int = pydantic.Field(450, ge=0)
     min_R: int = pydantic.Field(50, ge=0)
     max_R: int = pydantic.Field(500, ge=0)
     min_n: int = pydantic.Field(1, ge=1)
     max_n: int = pydantic.Field(10, ge=1)
-
-    @pydantic.model_validator(mode="after")
-    def _ordered(self):
-        for low, high in (("min_r", "max_r"), ("min_R", "max_R"), ("min_n", "max_n")):
-            if getattr(self, low) > getattr(self, high):
-                raise ValueError(f"{low} ({getattr(self, low)}) must be <= {high} "
-                                 f"({getattr(self, high)})")
-        return self
 
     def outer_range(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         low = np.maximum(self.min_R, r + 1)
@@ -90,8 +82,7 @@ class RandRing(Task):
     Params = RandRingParams
 
     def sample(self, s, n, rng, p):
-        pool = centre_pool(s)
-        centre = pool[rng.integers(0, len(pool), n)]
+        centre = draw_centres(s, n, rng)
         r = rng.integers(p.min_r, p.max_r + 1, n)
         low, high = p.outer_range(r)
         big_r = rng.integers(low, high + 1)
