@@ -50,9 +50,6 @@ class PCA:
         centre = self.mean_ if mean is None else mean
         return (np.asarray(X, np.float64) - centre) @ self.components_.T
 
-    def fit_transform(self, X) -> np.ndarray:
-        return self.fit(X).transform(X)
-
 
 class PCASpec(Strict):
     n_components: int = pydantic.Field(3, ge=3, le=50)  # the figures show the first three

@@ -22,7 +22,6 @@ without a band is descriptive (status null). Values are never typed in.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -424,7 +423,3 @@ def _finite(obj):
 
 def write_findings(records: list[dict], path: Path) -> None:
     artifacts.write_json_atomic(path, {"findings": _finite(records)})
-
-
-def read_findings(path: Path) -> list[dict]:
-    return json.loads(Path(path).read_text())["findings"]
