@@ -66,8 +66,9 @@ class StepKind:
     @property
     def runtime(self) -> tuple[str, ...]:
         """Spec keys that change how fast a step runs, not what it makes: not in its
-        identity. The stage's spec names them."""
-        return self.Spec.RUNTIME_FIELDS
+        identity. The stage's spec names them (Strict.RUNTIME_FIELDS; a plugin's Spec may be
+        any pydantic model, which names none)."""
+        return getattr(self.Spec, "RUNTIME_FIELDS", ())
 
     def code_modules(self) -> list[str]:
         return list(self.code or (type(self).__module__,))
