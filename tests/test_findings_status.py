@@ -140,3 +140,22 @@ def test_untrained_level_is_the_best_constant_answer():
     assert untrained_level("score", pd.Series(["1"])) is None
     assert progress(300.0, 600.0, "mean_error") == pytest.approx(0.5)
     assert progress(0.6, 0.2, "accuracy") == pytest.approx(0.5)
+
+
+def test_a_fine_tune_is_held_to_its_own_tasks_not_to_its_few_elicitation_rows(tmp_path):
+    # The paper's fine-tunes carry a few rows of every task ("elicitation"): a compass
+    # fine-tune with 64 distance rows among 3,064 is held to compass only; a mixture with a
+    # real share of a task is held to it.
+    from worldrep.study.readiness import own_tasks, task_rows
+
+    body = {**STUDY, "analyses": [], "findings": [], "mixtures": [
+        {"name": "ft-mix", "sources": [{"data": "world-c", "n": 90}, {"data": "world-d", "n": 4}]},
+        {"name": "even", "mode": "concat", "sources": [{"data": "world-c"}, {"data": "world-d"}]}],
+        "runs": [{"name": "ft-c", "data": "ft-mix", "steps": 10},
+                 {"name": "both", "data": "even", "steps": 10}]}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    s = load_study(path)
+    assert task_rows(s, s.steps["ft-c"].spec["data"]) == {"compass": 90.0, "distance": 4.0}
+    assert own_tasks(s, "ft-c") == ["compass"]  # 4 of 94 rows: under 5 %
+    assert own_tasks(s, "both") == ["distance", "compass"]

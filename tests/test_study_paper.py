@@ -265,3 +265,15 @@ def test_the_paper_beside_us_takes_rows_the_paper_gives_as_a_range_or_prose():
     assert "0.99" in page and "0.98" in page  # angle's cells, beside ours
     assert "0.97-1.0" not in page  # a row given as a range is not a cell
     assert page.count("<h3>") == 2 and "<th>d</th>" not in page  # prose is not split into rows
+
+
+def test_set_reaches_inside_a_study_key_mapping(paper):
+    # `--set lists.seeds=[...]` changes a list the grids expand (how the findings study adds
+    # its second seed); a key that holds no mapping says how to set it instead.
+    from worldrep.errors import WorldrepError
+
+    findings = PAPER.with_name("findings.yaml")
+    two = load_study(findings, overrides=["lists.seeds=[42, 1]"])
+    assert "base-s1" in two.steps and "base-s1" not in load_study(findings).steps
+    with pytest.raises(WorldrepError, match="'name' holds no mapping; set it whole: name=VALUE"):
+        load_study(PAPER, overrides=["name.x=1"])

@@ -203,7 +203,8 @@ def parse_overrides(items: list[str]) -> list[tuple[list[str], Any, str]]:
 
 
 def _apply_top_level(raw: dict, overrides, path: Path) -> dict[str, list]:
-    """Set study-file keys (`pack_limit=7`) in `raw`; return the per-kind ones by kind."""
+    """Set study-file keys (`pack_limit=7`, or inside one: `lists.seeds=[42, 1]`) in `raw`;
+    return the per-kind ones by kind."""
     from .kinds import KINDS
 
     per_kind: dict[str, list] = {}
@@ -212,10 +213,15 @@ def _apply_top_level(raw: dict, overrides, path: Path) -> dict[str, list]:
             per_kind.setdefault(keys[0], []).append((keys[1:], value, item))
         elif keys[0] in StudyFile.model_fields and len(keys) == 1:
             raw[keys[0]] = value
+        elif keys[0] in StudyFile.model_fields and isinstance(raw.get(keys[0], {}), dict):
+            raw[keys[0]] = _set(raw.get(keys[0], {}), keys[1:], value)
+        elif keys[0] in StudyFile.model_fields:
+            raise WorldrepError(f"--set '{item}': the study key '{keys[0]}' holds no mapping; "
+                                f"set it whole: {keys[0]}=VALUE")
         else:
             raise WorldrepError(
                 f"--set '{item}': '{keys[0]}' is neither a step kind (then KIND.KEY=VALUE) nor "
-                f"a study key; kinds: {', '.join(sorted(KINDS))}; study keys: "
+                f"a study key (KEY=VALUE, or KEY.INNER=VALUE inside a mapping); kinds: {', '.join(sorted(KINDS))}; study keys: "
                 f"{', '.join(k for k in StudyFile.model_fields if k not in SECTIONS)}")
     return per_kind
 
