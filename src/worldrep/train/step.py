@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -47,6 +48,28 @@ def _raise_compile_limit() -> None:
             setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
 
 
+@contextmanager
+def _deterministic(on: bool):
+    """Deterministic algorithms while `on`, as before after. A step compiled for the CPU
+    needs them once it has more than one thread: inductor otherwise adds the embedding's
+    gradient rows with atomic adds across threads, in whatever order the threads arrive, and
+    two runs of one spec on two cores drift apart by an ulp by step 20 and, by step 2,500,
+    to different maps (the quickstart's base: held-out y R² 0.83 in one run, 0.78 in the
+    next). With them, inductor keeps ATen's deterministic kernel for that one op (no cost on
+    two threads; on one, where the adds come in order anyway, it would cost ~2 %, so it stays
+    off). Scoped to the step: dynamo guards on the flag, so it holds the same at every call."""
+    if not on:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 class TrainStep:
     """One training step of a stack: loss, gradients, clipped AdamW update of its active models.
 
@@ -79,6 +102,9 @@ class TrainStep:
             # The update is ~20 elementwise passes over the flat buffer: fused into a few (a
             # CUDA graph already replays them without launch overhead).
             self.update = torch.compile(opt.update, dynamic=False)
+        # Compiled CPU steps on several threads need deterministic algorithms (`_deterministic`);
+        # CUDA keeps its own kernels (its deterministic mode would need a cuBLAS workspace).
+        self.deterministic = runtime.compile and device.type == "cpu"
         self.sums = torch.zeros(len(Stats._fields), model.k, device=device)
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
@@ -95,7 +121,8 @@ class TrainStep:
     def __call__(self, ids: torch.Tensor, plen: torch.Tensor) -> None:
         """ids [K, B, T] int64, plen [K, B] int64."""
         if not self.rt.graphs:
-            self._math(ids, plen, self._first(plen))
+            with _deterministic(self.deterministic and torch.get_num_threads() > 1):
+                self._math(ids, plen, self._first(plen))
             return
         key = tuple(ids.shape)
         if key not in self.graphs:
