@@ -173,7 +173,9 @@ def test_hand_written_outputs_are_scored_by_their_task(monkeypatch, world):
         ("dist(c_0001,c_0002)=769", "769", 0.0, True),
         ("dist(c_0001,c_0003)=769", "770", 1.0, True),
         ("dist(c_0001,c_0004)=769", "0769", 0.0, True),  # leading zeros: still the number
-        ("dist(c_0001,c_0005)=5", "5000", 4995.0, True),
+        ("dist(c_0001,c_0005)=5", "3000", 2995.0, True),
+        # an error beyond the largest possible one (a stutter) scores as an invalid answer
+        ("dist(c_0001,c_0010)=1874", "1891111", None, True),
         ("dist(c_0001,c_0006)=769", "", None, False),  # empty: invalid, failure value
         ("dist(c_0001,c_0007)=769", "76x", None, False),  # extra characters
         ("dist(c_0001,c_0008)=769", "-769", None, False),  # a distance is never negative
@@ -183,7 +185,7 @@ def test_hand_written_outputs_are_scored_by_their_task(monkeypatch, world):
         ("compass(c_0001,c_0004)=NE", "NEE", 0.0, False),
         ("compass(c_0001,c_0005)=NE", "", 0.0, False),
     ]
-    distance = get_task("distance")
+    failure = get_task("distance").failure_value
     frame = pd.DataFrame({"text": [c[0] for c in cases],
                           "task": [c[0].split("(")[0].replace("dist", "distance")
                                    for c in cases]})
@@ -196,13 +198,13 @@ def test_hand_written_outputs_are_scored_by_their_task(monkeypatch, world):
     assert res["row"].tolist() == list(range(len(cases)))
     assert res["output"].tolist() == [c[1] for c in cases]  # decoding stops at <eos>
     assert res["prompt"].tolist() == [c[0].rsplit("=", 1)[0] + "=" for c in cases]
-    expected = [distance.failure_value if v is None else v for _, _, v, _ in cases]
+    expected = [failure if v is None else v for _, _, v, _ in cases]
     np.testing.assert_allclose(res["value"], expected)
     assert res["valid"].tolist() == [c[3] for c in cases]
     assert res["finished"].all()
     parsed = res["parsed"].to_numpy()
-    np.testing.assert_array_equal(parsed[:4], [769, 770, 769, 5000])
-    assert np.isnan(parsed[4:]).all()  # invalid rows and categorical tasks parse to NaN
+    np.testing.assert_array_equal(parsed[:5], [769, 770, 769, 3000, 1891111])
+    assert np.isnan(parsed[5:]).all()  # invalid rows and categorical tasks parse to NaN
 
 
 def test_reference_parsing_reads_leading_digits_and_both_valid_rates_are_reported(
