@@ -1,43 +1,52 @@
 """How much of a probe's held-out R² is the one split of the cities it was fitted on.
 
-Refits the quickstart's probe (ridge, world cities, 120 train / 60 held out, layer 2) on
-20 other seeded splits of the same cities, for each representations directory given, and
-prints the R² of the shipped split (seed 42) beside the median and range over the others.
+Refits a probe step's own spec (read from its artifact: method, cities, sizes, layers) on 20
+other seeded splits of the same cities, for each representations directory given, and
+prints the R² of the probe's split beside the median and range over the others, per layer
+set.
 
-  python scripts/probe_splits.py OUT/world/<world> OUT/reps/base.reps-*/checkpoint-2500 ...
+  python scripts/probe_splits.py OUT/probe/probes-* OUT/world/<world> OUT/reps/base.reps-*/checkpoint-2500 ...
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from worldrep.analysis.probes import ProbeSpec, _truth, probe_reps
+from worldrep.analysis.probes import ProbeSpec, probe_reps, with_world_truth
 from worldrep.analysis.reps import load_reps
+from worldrep.config import load_yaml
 from worldrep.world import load_world
 
-
-def r2(reps, seed: int) -> tuple[float, float]:
-    spec = ProbeSpec(method="ridge", cities="world", n_train=120, n_test=60, layers=[2],
-                     each_layer=True, seed=seed)
-    metrics, _ = probe_reps(reps, spec)
-    return metrics[0]["x_test_r2"], metrics[0]["y_test_r2"]
+OTHER_SPLITS = 20
 
 
-def main(world_dir: str, reps_dirs: list[str]) -> None:
+def r2(reps, spec: ProbeSpec, seed: int) -> tuple[list[str], np.ndarray]:
+    """The layer sets, and [layer sets, 2]: the held-out R² of x and y of each, with the
+    split of `seed`."""
+    metrics, _ = probe_reps(reps, spec.model_copy(update={"seed": seed}))
+    return [m["layers"] for m in metrics], np.array([[m["x_test_r2"], m["y_test_r2"]]
+                                                     for m in metrics])
+
+
+def main(probe_dir: str, world_dir: str, reps_dirs: list[str]) -> None:
+    spec = ProbeSpec(**load_yaml(Path(probe_dir) / "spec.yaml")["probe"])
     world = load_world(world_dir)
     for path in reps_dirs:
-        reps = _truth(load_reps(path), world)
-        x42, y42 = r2(reps, 42)
-        xs, ys = np.array([r2(reps, seed) for seed in range(20)]).T
-        print(f"{path}: shipped split x {x42:.3f} y {y42:.3f}; 20 other splits: "
-              f"x median {np.median(xs):.3f} [{xs.min():.2f}, {xs.max():.2f}], "
-              f"y median {np.median(ys):.3f} [{ys.min():.2f}, {ys.max():.2f}], "
-              f"y >= 0.9 in {(ys >= 0.9).sum()} of 20")
+        reps = with_world_truth(load_reps(path), world)
+        layer_sets, shipped = r2(reps, spec, spec.seed)
+        others = np.stack([r2(reps, spec, seed)[1] for seed in range(OTHER_SPLITS)])
+        for i, layers in enumerate(layer_sets):
+            (x, y), xs, ys = shipped[i], others[:, i, 0], others[:, i, 1]
+            print(f"{path} layers {layers}: the probe's split x {x:.3f} y {y:.3f}; "
+                  f"{OTHER_SPLITS} other splits: x median {np.median(xs):.3f} "
+                  f"[{xs.min():.2f}, {xs.max():.2f}], y median {np.median(ys):.3f} "
+                  f"[{ys.min():.2f}, {ys.max():.2f}], y >= 0.9 in {(ys >= 0.9).sum()}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
+    if len(sys.argv) < 4:
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2:])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

@@ -214,7 +214,7 @@ def fit_probe(X: np.ndarray, xy: np.ndarray, train: np.ndarray, test: np.ndarray
     return metrics, pred
 
 
-def _truth(reps: Reps, world: World | None) -> Reps:
+def with_world_truth(reps: Reps, world: World | None) -> Reps:
     """Coordinates and regions from the world (authoritative) when one is given."""
     if world is None:
         return reps
@@ -274,7 +274,7 @@ def run_probe(reps_path, world: World | str | Path | None = None, spec: ProbeSpe
         world = load_world(world)
     tables, preds = [], []
     for label, path in paths.items():
-        m, p = probe_reps(_truth(load_reps(path), world), spec)
+        m, p = probe_reps(with_world_truth(load_reps(path), world), spec)
         tables += [{"label": label, **row} for row in m]
         preds += [frame.assign(label=label) for frame in p]
     table = pd.DataFrame(tables)
