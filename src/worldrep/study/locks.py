@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import artifacts
+
 SUFFIX = ".lock"
 
 
@@ -167,9 +169,7 @@ def acquire(path: Path, holder: dict | None = None, token: str | None = None) ->
 def replace(path: Path, info: dict) -> None:
     """Rewrite the holder of a lock this process owns (e.g. a queued Slurm job's id)."""
     lock = lock_file(path)
-    tmp = lock.with_name(f".{lock.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, lock)
+    artifacts.write_atomic(lock, lambda tmp: tmp.write_text(json.dumps(info)))
 
 
 def break_stale(path: Path, seen: dict) -> None:

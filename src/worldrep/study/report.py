@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import artifacts
 from .cache import StepState, study_states
 from .findings import FINDINGS_FILE, describe_band, evaluate, write_findings
 from .kinds import eval_summary
@@ -72,9 +73,7 @@ def write_report(study: Study, out: Path, path: Path | None = None) -> Path:
             f"</title><style>{CSS}</style></head><body>{''.join(s for s in sections if s)}"
             "</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
+    artifacts.write_atomic(path, lambda tmp: tmp.write_text(page))
     return path
 
 

@@ -4,8 +4,9 @@ each generation metric, against step."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from .. import artifacts
 
 CURVE_METRICS = ("mean_error", "accuracy", "mean_score", "valid_rate")  # panels besides loss
 
@@ -59,7 +60,7 @@ def plot_curves(metrics_path: Path, out_png: Path, loss: str = "full") -> None:
         ax.set(xlabel="step", title=group, yscale="log" if group == "mean_error" else "linear")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    try:  # the temporary's name has no .png: say the format
+        artifacts.write_atomic(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
