@@ -6,7 +6,15 @@ import pandas as pd
 import pytest
 
 from worldrep.errors import WorldrepError
-from worldrep.world import SyntheticRegion, WorldConfig, build_world, load_world, make_world
+from worldrep.world import (
+    SyntheticRegion,
+    WorldConfig,
+    build_world,
+    great_circle_km,
+    load_world,
+    make_world,
+    spread_out,
+)
 
 
 def test_real_cities_scaled_to_integer_tenth_degrees(world):
@@ -54,6 +62,37 @@ def test_uniform_layout_and_several_regions():
     sc = df[df.group == "Scattered"]
     assert len(sc) == 50 and sc.x.between(-100, 100).all() and sc.y.between(0, 50).all()
     assert (df[df.group == "Pacificus"].country == "XX1").all()
+
+
+def test_great_circle_km_against_known_distances():
+    # London-Paris 343.5 km, and a quarter of the equator (pi/2 * 6371 km).
+    assert great_circle_km(-0.1278, 51.5074, 2.3522, 48.8566) == pytest.approx(343.5, abs=0.5)
+    assert great_circle_km(0, 0, 90, 0) == pytest.approx(np.pi / 2 * 6371.0)
+    assert great_circle_km(10, 89.9, 190, 89.9) == pytest.approx(2 * 0.1 * np.pi / 180 * 6371.0)
+
+
+def test_spread_world_keeps_the_largest_city_of_each_neighbourhood():
+    cities = build_world(WorldConfig(min_population=500_000, synthetic=[]))
+    kept = spread_out(cities, 800)
+    assert 50 < len(kept) < len(cities) / 3
+    lon, lat = kept.lon.to_numpy(), kept.lat.to_numpy()
+    d = great_circle_km(lon[:, None], lat[:, None], lon[None], lat[None])
+    assert d[~np.eye(len(kept), dtype=bool)].min() >= 800  # no two kept cities closer
+    # Every dropped city has a kept city at least as populous within 800 km (greedy order).
+    dropped = cities[~cities.geonameid.isin(kept.geonameid)]
+    for _, c in dropped.iterrows():
+        near = great_circle_km(c.lon, c.lat, lon, lat) < 800
+        assert near.any() and kept.population.to_numpy()[near].max() >= c.population
+    assert "Tokyo" in set(kept.name) and "Yokohama" not in set(kept.name)
+    assert spread_out(cities, 0) is cities
+
+
+def test_spread_world_is_more_even_in_latitude():
+    plain = build_world(WorldConfig(min_population=2_000_000, synthetic=[]))
+    spread = build_world(WorldConfig(min_population=100_000, min_distance_km=650, synthetic=[]))
+    assert len(spread) == 207 and abs(len(plain) - len(spread)) < 5  # the same size of world
+    assert spread.lat.std() > 1.3 * plain.lat.std()
+    assert (spread.lat < -20).sum() > 1.5 * (plain.lat < -20).sum()
 
 
 def test_same_config_same_bytes_across_processes(tmp_path):

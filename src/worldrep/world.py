@@ -49,6 +49,10 @@ class SyntheticRegion(Strict):
 
 class WorldConfig(Strict):
     min_population: int = pydantic.Field(100_000, ge=0)
+    # Spread the world evenly: no two real cities closer than this (great-circle km), the more
+    # populous one kept. 0 keeps every city; the largest cities cluster (eastern China, India),
+    # and a map probe's y variance is then a third of x's (docs/findings.md, S1d).
+    min_distance_km: float = pydantic.Field(0.0, ge=0)
     max_id: int = pydantic.Field(10_000, ge=1, le=10_000)  # ids are written with 4 digits
     seed: int = 42
     synthetic: list[SyntheticRegion] = pydantic.Field(default_factory=lambda: [SyntheticRegion()])
@@ -82,6 +86,32 @@ def _real_cities(min_population: int) -> pd.DataFrame:
     return df
 
 
+EARTH_RADIUS_KM = 6371.0
+
+
+def great_circle_km(lon1, lat1, lon2, lat2) -> np.ndarray:
+    """Haversine distance in km between points given in degrees (broadcasting)."""
+    lon1, lat1, lon2, lat2 = (np.radians(np.asarray(a, np.float64)) for a in (lon1, lat1, lon2, lat2))
+    h = (np.sin((lat2 - lat1) / 2) ** 2
+         + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2)
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def spread_out(cities: pd.DataFrame, min_distance_km: float) -> pd.DataFrame:
+    """The cities left when, from the most populous down (ties by geonameid), a city closer
+    than `min_distance_km` to one already kept is dropped. Order of the result: geonameid."""
+    if min_distance_km <= 0 or len(cities) == 0:
+        return cities
+    order = cities.sort_values(["population", "geonameid"], ascending=[False, True],
+                               kind="stable")
+    lon, lat = order["lon"].to_numpy(), order["lat"].to_numpy()
+    kept = np.zeros(len(order), bool)
+    for i in range(len(order)):
+        near = great_circle_km(lon[i], lat[i], lon[kept], lat[kept])
+        kept[i] = not (near < min_distance_km).any()
+    return order[kept].sort_values("geonameid", kind="stable").reset_index(drop=True)
+
+
 def _synthetic_cities(region: SyntheticRegion, seed: int) -> pd.DataFrame:
     g = rng(seed, "world", "synthetic", region.name)
     n = region.n_cities
@@ -101,7 +131,7 @@ def _synthetic_cities(region: SyntheticRegion, seed: int) -> pd.DataFrame:
 def build_world(config: WorldConfig | None = None) -> pd.DataFrame:
     """The city table for a config; the same config gives the same table in any process."""
     config = config or WorldConfig()
-    real = _real_cities(config.min_population)
+    real = spread_out(_real_cities(config.min_population), config.min_distance_km)
     if len(real) == 0:
         raise WorldrepError(f"no city has population >= {config.min_population}; "
                             f"allowed: min_population <= 24,000,000 (the largest city)")
