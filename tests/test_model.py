@@ -206,3 +206,33 @@ def test_bf16_autocast_on_cpu_stays_close_to_fp32():
     grad = torch.autograd.grad(approx.sum(), model.lm_head)[0]
     want = torch.autograd.grad(exact.sum(), model.lm_head)[0]
     assert torch.nn.functional.cosine_similarity(grad.ravel(), want.ravel(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("spec", [SMALL, GQA], ids=["tiny", "gqa"])
+def test_hidden_from_a_start_position_is_the_tail_of_the_full_hidden_states(spec):
+    """`start` skips the last block's earlier queries and MLP: the later positions' states,
+    the answer-only loss and every gradient stay those of the whole sequence."""
+    model = init_model(spec, [6, 7])
+    ids = torch.stack([random_rows(5, 19, seed=s)[0] for s in (3, 4)])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        for start in (1, 7, 18):
+            assert torch.allclose(model.hidden(ids, start=start), model.hidden(ids)[:, :, start:],
+                                  atol=1e-6, rtol=0)
+            assert torch.allclose(model.hidden(ids, mask, start=start),
+                                  model.hidden(ids, mask)[:, :, start:], atol=1e-6, rtol=0)
+    plen = torch.tensor([[9, 11, 12, 10, 13], [14, 9, 9, 16, 12]])
+    first = int(plen.min()) - 1
+
+    def loss_and_grads(first):
+        model.zero_grad()
+        loss = model.loss(ids, plen, first)
+        loss.sum().backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    whole, skipped = loss_and_grads(0), loss_and_grads(first)
+    assert torch.allclose(whole[0], skipped[0], atol=1e-6, rtol=0)
+    for g_whole, g_skipped in zip(whole[1], skipped[1], strict=True):
+        assert torch.allclose(g_whole, g_skipped, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="every_layer"):
+        model.hidden(ids, start=3, every_layer=True)
