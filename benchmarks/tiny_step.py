@@ -19,13 +19,14 @@ Contenders (rounds alternate them, so background load hits them alike; medians r
   python benchmarks/tiny_step.py                              # 64x3 and 64x2 at batch 64, 128
   python benchmarks/tiny_step.py --sizes 64x3:64 --rounds 5 --steps 40
   python benchmarks/tiny_step.py --threads 2                  # one job on both cores
-  python benchmarks/tiny_step.py --curves 500                 # compiled vs eager loss curves
+  python benchmarks/tiny_step.py --curves 500                 # loss curves against the landed step
 
-`--curves N` checks the compiled step instead of timing it: N steps of the findings-size
-model (64 x 3, batch 64, answer-only loss) from one initialisation over the same batches,
-eager fp32 against compiled; it prints the largest difference of the per-step losses, and
-that the compiled run stopped at N/2 and resumed (a fresh model, optimizer and compile from
-the saved weights and optimizer state) ends with bit-identical weights.
+`--curves N` checks today's step instead of timing it: N steps of the findings-size model
+(64 x 3, batch 64, answer-only loss) from one initialisation over the same batches, the
+landed step (eager fp32, `--baseline`) against today's eager and compiled steps; it prints
+the largest difference of the per-step losses, and that the compiled run stopped at N/2 and
+resumed (a fresh model, optimizer and compile from the saved weights and optimizer state)
+ends with bit-identical weights.
 
 Rates are steps per second of this process's CPU time (with one thread: steps/s on an idle
 core), so other jobs on a shared machine change them little; with `--threads 2` and more they
@@ -174,12 +175,14 @@ def report(r: dict, base: str | None) -> None:
               f"{r['warmup_s'][name]:9.1f}{compiled}")
 
 
-def curves(steps: int, rows) -> dict:
-    """Loss curves of eager and compiled training from one init; a compiled resume at N/2."""
+def curves(steps: int, rows, baseline: str) -> dict:
+    """Loss curves from one init over the same batches: the landed step (eager fp32, the
+    `baseline` revision), today's eager step and today's compiled step; a compiled resume at
+    N/2."""
     from worldrep import train
 
-    def run(compile_: bool, start: int, end: int, state=None):
-        c = Contender("worldrep", (64, 3), 64, rows, compile_)
+    def run(package: str, compile_: bool, start: int, end: int, state=None):
+        c = Contender(package, (64, 3), 64, rows, compile_)
         if state is not None:
             c.step_fn.opt.load_state_dict(state)
         c.index, losses = start, []
@@ -188,18 +191,25 @@ def curves(steps: int, rows) -> dict:
             losses.append(float(c.step_fn.flush()[0, 0]))
         return losses, c.step_fn.opt.state_dict()
 
-    eager, _ = run(False, 0, steps)
-    compiled, final = run(True, 0, steps)
-    _, half = run(True, 0, steps // 2)
-    _, resumed = run(True, steps // 2, steps, half)
-    diff = np.abs(np.array(eager) - np.array(compiled))
+    landed, _ = run(snapshot(baseline), False, 0, steps)
+    eager, _ = run("worldrep", False, 0, steps)
+    compiled, final = run("worldrep", True, 0, steps)
+    _, half = run("worldrep", True, 0, steps // 2)
+    _, resumed = run("worldrep", True, steps // 2, steps, half)
     identical = all(torch.equal(final[k], resumed[k]) for k in train.AdamW.STATE)
-    print(f"{steps} steps: loss eager {eager[0]:.4f} -> {eager[-1]:.4f}, compiled "
-          f"{compiled[0]:.4f} -> {compiled[-1]:.4f}; largest per-step difference "
-          f"{diff.max():.2e} (step {int(diff.argmax()) + 1}), mean {diff.mean():.2e}; "
-          f"compiled resume at {steps // 2}: {'bit-identical' if identical else 'DIFFERS'}")
-    return {"steps": steps, "eager": eager, "compiled": compiled,
-            "max_diff": float(diff.max()), "resume_identical": identical}
+    result = {"steps": steps, "landed": landed, "eager": eager, "compiled": compiled,
+              "resume_identical": identical}
+    print(f"{steps} steps from one init: loss landed eager {landed[0]:.4f} -> {landed[-1]:.4f}, "
+          f"eager {eager[0]:.4f} -> {eager[-1]:.4f}, compiled {compiled[0]:.4f} -> "
+          f"{compiled[-1]:.4f}")
+    for name, curve in (("eager", eager), ("compiled", compiled)):
+        diff = np.abs(np.array(landed) - np.array(curve))
+        result[f"max_diff_{name}"] = float(diff.max())
+        print(f"  {name} against the landed eager step: largest per-step difference "
+              f"{diff.max():.2e} (step {int(diff.argmax()) + 1}), mean {diff.mean():.2e}, "
+              f"first step {diff[0]:.1e}")
+    print(f"  compiled resume at {steps // 2}: {'bit-identical' if identical else 'DIFFERS'}")
+    return result
 
 
 def main(argv=None) -> int:
@@ -218,7 +228,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.curves:
-        result = curves(args.curves, distance_rows(20_000, 0))
+        result = curves(args.curves, distance_rows(20_000, 0), args.baseline)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
         return 0 if result["resume_identical"] else 1
