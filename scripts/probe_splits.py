@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from worldrep.analysis.probes import ProbeSpec, make_probe, probe_reps, r2_score, with_world_truth
+from worldrep.analysis.probes import (
+    ProbeSpec,
+    _layer_sets,
+    make_probe,
+    probe_reps,
+    r2_score,
+    with_world_truth,
+)
 from worldrep.analysis.reps import load_reps
 from worldrep.config import load_yaml
 from worldrep.seeding import rng
@@ -34,13 +41,12 @@ def r2(reps, spec: ProbeSpec, seed: int) -> tuple[list[str], np.ndarray]:
                                                      for m in metrics])
 
 
-def out_of_fold(reps, spec: ProbeSpec, folds: int) -> list[tuple[str, float, float]]:
-    """(layers, x R², y R²) of predictions each made by a probe that never saw its city."""
-    sub = reps.take(reps.select(spec.cities))
+def out_of_fold(sub, spec: ProbeSpec, folds: int) -> list[tuple[str, float, float]]:
+    """(layers, x R², y R²) of predictions each made by a probe that never saw its city, over
+    `sub`, the probe's cities; the layer sets are the probe stage's own."""
     order = rng(spec.seed, "probe", "folds").permutation(len(sub.ids))
     rows = []
-    for layers in ([[layer] for layer in (spec.layers or sub.layers.tolist())]
-                   if spec.each_layer else [spec.layers or sub.layers.tolist()]):
+    for layers in _layer_sets(sub, spec):
         X, xy = sub.features(layers, spec.positions), sub.xy
         pred = np.zeros_like(xy)
         for fold in range(folds):
@@ -65,10 +71,11 @@ def main(probe_dir: str, world_dir: str, reps_dirs: list[str]) -> None:
                   f"{OTHER_SPLITS} other splits: x median {np.median(xs):.3f} "
                   f"[{xs.min():.2f}, {xs.max():.2f}], y median {np.median(ys):.3f} "
                   f"[{ys.min():.2f}, {ys.max():.2f}], y >= 0.9 in {(ys >= 0.9).sum()}")
+        sub = reps.take(reps.select(spec.cities))
         for folds in FOLDS:
-            for layers, x, y in out_of_fold(reps, spec, folds):
+            for layers, x, y in out_of_fold(sub, spec, folds):
                 print(f"{path} layers {layers}: {folds}-fold out-of-fold over all "
-                      f"{len(reps.take(reps.select(spec.cities)).ids)} cities: x {x:.3f} y {y:.3f}")
+                      f"{len(sub.ids)} cities: x {x:.3f} y {y:.3f}")
 
 
 if __name__ == "__main__":
