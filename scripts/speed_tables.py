@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from worldrep import artifacts
 from worldrep.analysis.speed import run_curves
+from worldrep.study.load import Study
+from worldrep.study.outdir import open_study
 
 # (title, run-name test), in the order studies/speed.yaml lists its families.
 FAMILIES = [
@@ -41,23 +44,30 @@ ABBREV = {"distance": "D", "trianglearea": "T", "angle": "A", "compass": "Co", "
           "perimeter": "P", "crossing": "Cr"}
 
 
-def load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(speed rows, curves, seconds per run) over every speed analysis of a study."""
+def load(out: Path) -> tuple[Study, pd.DataFrame, pd.DataFrame, dict]:
+    """(the study, speed rows, curves, seconds per run) over the study's current speed
+    analyses: an output directory also keeps the analyses of earlier versions of the study
+    file (never deleted), and those are not read."""
+    study, out = open_study(None, out, None, None)
     speed, curves, seconds = [], [], {}
-    for step in sorted(p for p in (out / "speed").iterdir() if p.is_dir()):
-        speed.append(pd.read_csv(step / "speed.csv"))
-        curves.append(pd.read_csv(step / "curves.csv"))
-        for line in (step / "seconds.jsonl").read_text().splitlines():
+    for step in study.steps.values():
+        if step.kind != "speed":
+            continue
+        where = study.step_dir(out, step)
+        if not artifacts.is_complete(where):
+            raise SystemExit(f"{where} is not done: run `worldrep run --out {out} "
+                             f"--step {step.name}` first")
+        speed.append(pd.read_csv(where / "speed.csv"))
+        curves.append(pd.read_csv(where / "curves.csv"))
+        for line in (where / "seconds.jsonl").read_text().splitlines():
             record = json.loads(line)
             seconds[record["run"]] = record
-    return pd.concat(speed), pd.concat(curves), seconds
+    return study, pd.concat(speed), pd.concat(curves), seconds
 
 
-def run_seconds(out: Path, run: str) -> pd.DataFrame:
+def run_seconds(study: Study, out: Path, run: str) -> pd.DataFrame:
     """step -> training seconds of one run, from its throughput records."""
-    dirs = sorted((out / "train").glob(f"{run}-*/metrics.jsonl"))
-    dirs = [d for d in dirs if d.parent.name.rsplit("-", 1)[0] == run]
-    return run_curves(dirs[-1].parent)[1]
+    return run_curves(study.step_dir(out, run))[1]
 
 
 def _num(value, digits: int = 0) -> str:
@@ -99,7 +109,7 @@ def family_table(speed: pd.DataFrame, curves: pd.DataFrame, seconds: dict, runs)
     return "\n".join(lines)
 
 
-def figure(out: Path, curves: pd.DataFrame, path: Path) -> None:
+def figure(study: Study, out: Path, curves: pd.DataFrame, path: Path) -> None:
     """y's probe R² against training seconds, one panel per group of families."""
     import matplotlib
 
@@ -115,7 +125,7 @@ def figure(out: Path, curves: pd.DataFrame, path: Path) -> None:
         runs = [r for r in probes["run"].unique() if r.startswith(prefixes)]
         for run in runs:
             part = probes[probes["run"] == run]
-            secs = run_seconds(out, run)
+            secs = run_seconds(study, out, run)
             t = np.interp(part["step"], secs["step"], secs["train_s"])
             ax.plot(t, part["y"], label=run, linewidth=1.2)
         ax.axhline(0.9, color="#999999", linewidth=0.8, linestyle=":")
@@ -131,7 +141,7 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="the speed study's output directory")
     parser.add_argument("--figure", type=Path, help="write y's R² against seconds here")
     args = parser.parse_args()
-    speed, curves, seconds = load(args.out)
+    study, speed, curves, seconds = load(args.out)
     done = set(speed["run"])
     for title, test in FAMILIES:
         runs = [r for r in dict.fromkeys(speed["run"]) if test(r)]
@@ -141,7 +151,7 @@ def main() -> None:
     if done:
         print(f"\nruns in no family: {sorted(done)}")
     if args.figure:
-        figure(args.out, curves, args.figure)
+        figure(study, args.out, curves, args.figure)
 
 
 if __name__ == "__main__":
