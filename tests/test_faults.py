@@ -27,9 +27,11 @@ from worldrep import artifacts
 from worldrep.cli import app
 from worldrep.data import DatasetSpec, make_dataset
 from worldrep.errors import WorldrepError
+from worldrep.pools import select
 from worldrep.study import cache, load_study, locks
 from worldrep.study.executors import run_study
 from worldrep.study.runner import DONE, StepJob, run_step
+from worldrep.world import World, WorldConfig, build_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -427,6 +429,16 @@ def test_settings_known_at_load_are_checked_at_load(tmp_path):
     refused(*cli("plan", write_yaml(tmp_path / "deep.yaml", deep)), "[3]", "1 layers")
     deep["runs"][0]["reps"]["layers"] = [1]
     refused(*cli("plan", write_yaml(tmp_path / "probe.yaml", deep)), "[0]", "r.reps")
+    # More cities than the reps read (those of 'world' with ids >= 1000): refused at load, not
+    # after the model has trained.
+    deep["analyses"][0].update(layers=[1], cities="world", n_train=60, n_test=30)
+    world = World(build_world(WorldConfig(min_population=5_000_000)))
+    have = int((world.ids[select(world, "world")] >= 1000).sum())
+    assert have < 90
+    refused(*cli("plan", write_yaml(tmp_path / "cities.yaml", deep)), "60 train + 30 test",
+            "'r.reps'", f"reads only {have} cities", f"allowed: n_train + n_test <= {have}")
+    deep["analyses"][0].update(n_train=have - 10, n_test=10)
+    assert cli("plan", write_yaml(tmp_path / "fits.yaml", deep))[0] == 0
     pool = {**TRAIN_STUDY, "datasets": [{**TRAIN_STUDY["datasets"][0], "pool": "ids:abc"}]}
     refused(*cli("plan", write_yaml(tmp_path / "pool.yaml", pool)), "ids:abc")
 

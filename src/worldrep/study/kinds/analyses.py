@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pydantic
 
 from ...config import Strict
@@ -139,6 +140,31 @@ def check_reps_layers(spec: dict, steps: dict) -> None:
                                 f"'{step.name}' (it reads layers {have}); allowed: {have}")
 
 
+def check_probe_cities(spec: dict, steps: dict) -> None:
+    """A probe's n_train + n_test fit the cities each of its reps steps reads that match its
+    `cities`: a probe that would fail after its models trained fails when the study loads."""
+    from ...analysis.reps import RepSpec, city_rows
+    from ...pools import select
+    from .datasets import _world_of
+
+    need = spec["n_train"] + spec["n_test"]
+    for item in spec["reps"]:
+        step = steps.get(item["reps"])
+        if step is None or step.kind != "reps" or step.spec.get("world") not in steps:
+            continue
+        world = _world_of(steps[step.spec["world"]].spec)
+        rep = RepSpec.model_validate({k: v for k, v in step.spec.items()
+                                      if k in RepSpec.model_fields})
+        read = city_rows(world, rep)
+        have = int(np.isin(read, select(world, spec["cities"])).sum())
+        if need > have:
+            raise WorldrepError(
+                f"{spec['n_train']} train + {spec['n_test']} test cities requested, but the "
+                f"reps step '{step.name}' reads only {have} cities matching "
+                f"cities='{spec['cities']}' (ids >= {rep.min_id}); allowed: n_train + n_test "
+                f"<= {have}")
+
+
 def _probe_model():
     # world: where true coordinates come from (None: from the reps)
     return _with_reps("probes", "ProbeSpec", 1, world=(str | None, "world"))
@@ -166,6 +192,7 @@ class ProbeKind(AnalysisKind):
 
     def check(self, spec, steps):
         check_reps_layers(spec, steps)
+        check_probe_cities(spec, steps)
 
     def run(self, spec, inputs, out):
         from ...analysis.probes import run_probe
@@ -190,6 +217,9 @@ class CKAKind(ProbeKind):
 
     def refs(self, spec):
         return _reps_refs(spec)
+
+    def check(self, spec, steps):
+        check_reps_layers(spec, steps)  # no split of cities to check: CKA reads them all
 
     def run(self, spec, inputs, out):
         from ...analysis.cka import cka_matrix
