@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from worldrep.cli import app
 from worldrep.errors import WorldrepError
 from worldrep.study.grid import expand, render
-from worldrep.study.load import load_study
+from worldrep.study.load import BUILTIN_DIR, load_study
 from worldrep.study.plan import format_plan
 
 BASE = {
@@ -155,6 +155,14 @@ def test_cli_plan_prints_steps_and_fails_cleanly(tmp_path):
     assert "error:" in result.output and "'pool'" in result.output
     missing = runner.invoke(app, ["plan", "nope"])
     assert missing.exit_code == 2 and "built-in studies" in missing.output
+    # --help names every study the package ships, and each of them loads.
+    shipped = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+    assert {"quickstart", "map", "speed", "findings", "paper"} <= set(shipped)
+    page = runner.invoke(app, ["plan", "--help"]).output
+    helped = " ".join(page.replace("│", " ").split())  # the text without rich's box
+    assert f"a built-in: {', '.join(shipped)}" in helped
+    for name in shipped:
+        assert load_study(name).steps
 
 
 def test_a_dataset_larger_than_its_world_allows_fails_at_plan_time(tmp_path):

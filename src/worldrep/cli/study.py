@@ -11,9 +11,11 @@ from ..errors import WorldrepError
 from .app import app, friendly
 
 # --- study commands ---------------------------------------------------------------------
+# The studies shipped in the package (worldrep.study.load.BUILTIN_DIR, not imported here: the
+# engine takes half a second to import and `--help` should not wait for it).
+BUILTINS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "studies").glob("*.yaml")))
 StudyArg = Annotated[str | None, typer.Argument(
-    help="study YAML file, or a built-in: quickstart, findings, paper (default: the one "
-         "recorded in --out)")]
+    help=f"study YAML file, or a built-in: {BUILTINS} (default: the one recorded in --out)")]
 OutOpt = Annotated[Path | None, typer.Option(help="study output directory")]
 ScaleOpt = Annotated[float | None, typer.Option(
     help="divide every data size and step count by S (default: as recorded in --out, else 1)")]
@@ -36,8 +38,7 @@ def _open(study, out, scale, overrides):
 @app.command("plan")
 @friendly
 def study_plan(
-    study: Annotated[str, typer.Argument(help="study YAML file, or a built-in: quickstart, "
-                                              "findings, paper")],
+    study: Annotated[str, typer.Argument(help=f"study YAML file, or a built-in: {BUILTINS}")],
     scale: Annotated[float, typer.Option(help="divide every data size and step count by S")] = 1.0,
     overrides: SetOpt = None,
     executor: Annotated[str, typer.Option(
