@@ -13,7 +13,7 @@ import pydantic
 
 from ...config import Strict
 from ...errors import WorldrepError
-from .base import Lazy, Ref, StepKind, register_kind
+from .base import Lazy, Ref, StepKind, get_kind, register_kind
 from .runs import eval_name, eval_summary, model_depth, trained_on
 
 
@@ -143,7 +143,7 @@ def check_reps_layers(spec: dict, steps: dict) -> None:
 def check_probe_cities(spec: dict, steps: dict) -> None:
     """A probe's n_train + n_test fit the cities each of its reps steps reads that match its
     `cities`: a probe that would fail after its models trained fails when the study loads."""
-    from ...analysis.reps import RepSpec, city_rows
+    from ...analysis.reps import city_rows
     from ...pools import select
     from .datasets import _world_of
 
@@ -153,8 +153,7 @@ def check_probe_cities(spec: dict, steps: dict) -> None:
         if step is None or step.kind != "reps" or step.spec.get("world") not in steps:
             continue
         world = _world_of(steps[step.spec["world"]].spec)
-        rep = RepSpec.model_validate({k: v for k, v in step.spec.items()
-                                      if k in RepSpec.model_fields})
+        rep = get_kind("reps").stage_spec(step.spec)
         read = city_rows(world, rep)
         have = int(np.isin(read, select(world, spec["cities"])).sum())
         if need > have:
