@@ -7,13 +7,12 @@ from typing import Annotated
 
 import typer
 
+from .. import builtin_studies
 from ..errors import WorldrepError
 from .app import app, friendly
 
 # --- study commands ---------------------------------------------------------------------
-# The studies shipped in the package (worldrep.study.load.BUILTIN_DIR, not imported here: the
-# engine takes half a second to import and `--help` should not wait for it).
-BUILTINS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "studies").glob("*.yaml")))
+BUILTINS = ", ".join(builtin_studies.names())
 StudyArg = Annotated[str | None, typer.Argument(
     help=f"study YAML file, or a built-in: {BUILTINS} (default: the one recorded in --out)")]
 OutOpt = Annotated[Path | None, typer.Option(help="study output directory")]

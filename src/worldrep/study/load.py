@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import pydantic
 
+from .. import builtin_studies
 from ..config import Strict, load_yaml, parse_config
 from ..errors import WorldrepError
 from .grid import MAX_RENDERED, MAX_STEPS, expand, grid_size, render
@@ -43,7 +44,7 @@ OPEN_SECTIONS = ("analyses", "steps")
 RESERVED = ("name", "grid", "where", "use", "kind")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
 MAX_NAME = 120  # characters: a step's files add a hash and suffixes, file names stop at 255
-BUILTIN_DIR = Path(__file__).resolve().parents[1] / "studies"  # shipped inside the package
+BUILTIN_DIR = builtin_studies.DIR  # shipped inside the package
 
 
 class Resources(Strict):
@@ -147,8 +148,8 @@ def resolve_study_path(study: str | Path) -> Path:
     builtin = BUILTIN_DIR / f"{study}.yaml"
     if builtin.is_file():
         return builtin
-    known = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
-    raise WorldrepError(f"study file not found: {study} (built-in studies: {', '.join(known)})")
+    raise WorldrepError(f"study file not found: {study} (built-in studies: "
+                        f"{', '.join(builtin_studies.names())})")
 
 
 def load_study(path: str | Path, scale: float = 1.0, sources: Sources | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import artifacts
+from .. import artifacts, builtin_studies
 from ..errors import WorldrepError
 from .load import BUILTIN_DIR, Study, load_study
 
@@ -60,7 +60,7 @@ def open_study(study: str | None, out: Path | None, scale: float | None,
         if remembered is None:
             where = f"{out} holds no {RECORD}" if out is not None else "no --out given"
             raise WorldrepError(f"which study? Name it (a file or a built-in: "
-                                f"{', '.join(sorted(p.stem for p in BUILTIN_DIR.glob('*.yaml')))})"
+                                f"{', '.join(builtin_studies.names())})"
                                 f"; {where}")
         study = remembered["file"]
     if remembered is not None:
